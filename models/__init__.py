@@ -1,0 +1,1 @@
+"""Detectors, rules and scoring (scikit-learn conventions)."""
