@@ -473,3 +473,28 @@ def ddl(table: str) -> str:
 def polars_schema(columns: tuple[Column, ...]) -> pl.Schema:
     """Polars schema of a column list (``json`` columns are strings)."""
     return pl.Schema({c.name: c.polars_type for c in columns})
+
+
+# ---------------------------------------------------------------------------
+# Detections: what every detector returns (one row per terminal x behaviour x
+# day on which the behaviour was seen). The run step turns detections into
+# flag episodes (``flags``).
+# ---------------------------------------------------------------------------
+
+REASON_STRUCT = pl.Struct(
+    {"code": pl.String, "text": pl.String, "observed": pl.Float64, "threshold": pl.Float64}
+)
+DETECTION_SCHEMA = pl.Schema(
+    {
+        "terminal_id": pl.String(),
+        "behaviour": pl.String(),
+        "day": pl.Date(),
+        "score": pl.Float64(),
+        "reasons": pl.List(REASON_STRUCT),
+        "evidence": pl.List(pl.String()),
+    }
+)
+MAX_EVIDENCE = 50
+
+#: Marker written in place of a card-number-like digit run found in free text.
+PAN_REDACTION_MARKER = "[PAN-REDACTED]"
