@@ -1,0 +1,431 @@
+"""Per terminal per local day: aggregates (stored in ``terminal_day``) and evidence lists.
+
+:func:`terminal_day` turns enriched transactions (:func:`features.transactions.
+enrich_transactions`) into one row per terminal and local day. Its numeric
+columns (:data:`AGGREGATE_COLUMNS`) are what the ``terminal_day`` table stores,
+so 7- and 30-day features read compact aggregates instead of raw history;
+``ev_<behaviour>`` list columns (up to 50 txn_ids each, in time order) are the
+evidence rules cite and are not stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from features.schema import MAX_EVIDENCE
+
+#: Registry / peer-group attributes carried per terminal-day (first value of the day).
+ATTRIBUTE_COLUMNS: dict[str, pl.DataType] = {
+    "merchant_id": pl.String(),
+    "registered_mcc": pl.String(),
+    "region_code": pl.String(),
+    "terminal_kind": pl.String(),
+    "policy_key": pl.String(),
+}
+
+#: Numeric aggregates stored in ``terminal_day`` (name -> polars type).
+AGGREGATE_COLUMNS: dict[str, pl.DataType] = {
+    "n_txn": pl.Int64(),
+    "n_approved": pl.Int64(),
+    "n_cap": pl.Int64(),
+    "cap_amount": pl.Int64(),
+    "amount_mean": pl.Float64(),
+    "amount_std": pl.Float64(),
+    "amount_p50": pl.Float64(),
+    "amount_p90": pl.Float64(),
+    "amount_max": pl.Int64(),
+    "round_share": pl.Float64(),
+    "just_under_cap_share": pl.Float64(),
+    "credit_share": pl.Float64(),
+    "night_share": pl.Float64(),
+    "outside_hours_share": pl.Float64(),
+    "n_cards": pl.Int64(),
+    "max_same_card": pl.Int64(),
+    "top5_card_share": pl.Float64(),
+    "n_same_card_bursts": pl.Int64(),
+    "decline_rate": pl.Float64(),
+    "decline_card_rate": pl.Float64(),
+    "decline_pin_rate": pl.Float64(),
+    "decline_funds_rate": pl.Float64(),
+    "decline_technical_rate": pl.Float64(),
+    "n_technical": pl.Int64(),
+    "n_refund": pl.Int64(),
+    "refund_ratio": pl.Float64(),
+    "n_unmatched_refund": pl.Int64(),
+    "n_reversal": pl.Int64(),
+    "reversal_ratio": pl.Float64(),
+    "chip_share": pl.Float64(),
+    "contactless_share": pl.Float64(),
+    "qr_share": pl.Float64(),
+    "fallback_share": pl.Float64(),
+    "n_fallback": pl.Int64(),
+    "manual_share": pl.Float64(),
+    "n_mcc_mismatch": pl.Int64(),
+    "mcc_mismatch_share": pl.Float64(),
+    "n_mcc_switch": pl.Int64(),
+    "n_distinct_mcc": pl.Int64(),
+    "n_located": pl.Int64(),
+    "n_outside_geofence": pl.Int64(),
+    "distance_p50_km": pl.Float64(),
+    "distance_p95_km": pl.Float64(),
+    "distance_max_km": pl.Float64(),
+    "geofence_m": pl.Float64(),
+    "max_speed_kmh": pl.Float64(),
+    "n_impossible_hops": pl.Int64(),
+    "n_serials": pl.Int64(),
+    "n_ips": pl.Int64(),
+    "n_cells": pl.Int64(),
+    "n_serial_mismatch": pl.Int64(),
+    "n_serial_switch": pl.Int64(),
+    "n_serial_back_switch": pl.Int64(),
+    "n_ip_back_switch": pl.Int64(),
+    "n_cell_back_switch": pl.Int64(),
+    "n_stan_repeat": pl.Int64(),
+    "n_stan_conflict": pl.Int64(),
+    "n_stan_out_of_order": pl.Int64(),
+    "n_unregistered": pl.Int64(),
+    "n_over_txn_cap": pl.Int64(),
+    "n_over_daily_amount": pl.Int64(),
+    "n_over_daily_count": pl.Int64(),
+    "n_over_same_card": pl.Int64(),
+    "n_disallowed_card_type": pl.Int64(),
+    "n_disallowed_txn_type": pl.Int64(),
+    "n_disallowed_entry_mode": pl.Int64(),
+    "n_disallowed_entry_nonfallback": pl.Int64(),
+    "n_outside_hours": pl.Int64(),
+    "max_cards_window": pl.Int64(),
+    "testing_cards": pl.Int64(),
+    "testing_decline_rate": pl.Float64(),
+    "testing_median_amount": pl.Float64(),
+    "n_sequential_cards": pl.Int64(),
+}
+
+#: Behaviours whose evidence comes from per-transaction flags.
+EVIDENCE_BEHAVIOURS: tuple[str, ...] = (
+    "relocation",
+    "cloned_terminal",
+    "mcc_mismatch",
+    "cash_out",
+    "card_testing",
+    "fallback_abuse",
+    "unregistered_use",
+    "trial_limit_breach",
+    "disallowed_use",
+    "malfunction",
+)
+
+
+def _window_flags(lf: pl.LazyFrame, cfg: dict[str, Any], offset_s: int, tag: str) -> pl.LazyFrame:
+    """Card-testing stats per fixed window (shifted by ``offset_s``) joined back onto rows."""
+    w = int(cfg["window_s"])
+    bucket = ((pl.col("txn_time").dt.epoch("s") + offset_s) // w).alias(f"bucket_{tag}")
+    lf = lf.with_columns(bucket)
+    stats = lf.group_by("terminal_id", f"bucket_{tag}").agg(
+        pl.col("card_token").n_unique().alias(f"wcards_{tag}"),
+        (~pl.col("approved")).mean().alias(f"wdecl_{tag}"),
+        pl.col("amount_minor").median().alias(f"wmed_{tag}"),
+    )
+    hit = (
+        (pl.col(f"wcards_{tag}") >= int(cfg["min_distinct_cards"]))
+        & (pl.col(f"wdecl_{tag}") > float(cfg["decline_rate"]))
+        & (pl.col(f"wmed_{tag}") < float(cfg["max_median_amount_minor"]))
+    )
+    stats = stats.with_columns(hit.alias(f"whit_{tag}"))
+    return lf.join(stats, on=["terminal_id", f"bucket_{tag}"], how="left")
+
+
+def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
+    """Mark rows inside a card-testing window (two staggered grids of ``window_s``)."""
+    half = int(cfg["window_s"]) // 2
+    lf = _window_flags(_window_flags(lf, cfg, 0, "a"), cfg, half, "b")
+    hit_a, hit_b = pl.col("whit_a"), pl.col("whit_b")
+    return lf.with_columns(
+        (hit_a | hit_b).alias("testing_window"),
+        pl.max_horizontal("wcards_a", "wcards_b").alias("window_cards"),
+        pl.when(hit_a & hit_b)
+        .then(pl.max_horizontal("wcards_a", "wcards_b"))
+        .when(hit_a)
+        .then(pl.col("wcards_a"))
+        .when(hit_b)
+        .then(pl.col("wcards_b"))
+        .alias("testing_cards_row"),
+        pl.when(hit_a).then(pl.col("wdecl_a")).when(hit_b).then(pl.col("wdecl_b")).alias(
+            "testing_decl_row"
+        ),
+        pl.when(hit_a).then(pl.col("wmed_a")).when(hit_b).then(pl.col("wmed_b")).alias(
+            "testing_med_row"
+        ),
+    ).drop(
+        "bucket_a", "bucket_b", "wcards_a", "wcards_b", "wdecl_a", "wdecl_b", "wmed_a", "wmed_b",
+        "whit_a", "whit_b",
+    )
+
+
+def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
+    """Mark rows whose card is in a run of 3 same-BIN cards with a constant small last4 step.
+
+    The three cards' first uses at the terminal that day must fall within ``window_s``.
+    """
+    cards = (
+        lf.filter(pl.col("card_bin").is_not_null() & pl.col("card_last4").is_not_null())
+        .group_by("terminal_id", "local_date", "card_bin", "card_last4")
+        .agg(pl.col("txn_time").min().alias("first_t"))
+        .with_columns(pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"))
+        .sort("terminal_id", "local_date", "card_bin", "l4")
+    )
+    keys = ["terminal_id", "local_date", "card_bin"]
+    gap = pl.col("l4") - pl.col("l4").shift(1).over(keys)
+    cards = cards.with_columns(gap.alias("gap"))
+    t = pl.col("first_t").dt.epoch("s")
+    span = pl.max_horizontal(t, t.shift(1).over(keys), t.shift(2).over(keys)) - pl.min_horizontal(
+        t, t.shift(1).over(keys), t.shift(2).over(keys)
+    )
+    run_end = (
+        (pl.col("gap") == pl.col("gap").shift(1).over(keys))
+        & (pl.col("gap") >= 1)
+        & (pl.col("gap") <= int(cfg["max_last4_gap"]))
+        & (span <= int(cfg["window_s"]))
+    ).fill_null(False)
+    cards = cards.with_columns(run_end.alias("run_end"))
+    member = (
+        pl.col("run_end")
+        | pl.col("run_end").shift(-1).over(keys).fill_null(False)
+        | pl.col("run_end").shift(-2).over(keys).fill_null(False)
+    )
+    cards = cards.with_columns(member.alias("sequential_card")).select(
+        "terminal_id", "local_date", "card_bin", "card_last4", "sequential_card"
+    )
+    out = lf.join(
+        cards, on=["terminal_id", "local_date", "card_bin", "card_last4"], how="left"
+    )
+    return out.with_columns(pl.col("sequential_card").fill_null(False))
+
+
+def daily_cap_breaches() -> list[pl.Expr]:
+    """Rows at which a daily cap is exceeded (cumulative within the terminal-day)."""
+    day = ["terminal_id", "local_date"]
+    cap = pl.col("cap_txn")
+    cum_amount = pl.when(cap).then(pl.col("amount_minor")).otherwise(0).cum_sum().over(day)
+    cum_count = cap.cast(pl.Int64).cum_sum().over(day)
+    cum_card = cap.cast(pl.Int64).cum_sum().over([*day, "card_token"])
+    return [
+        (cap & (cum_amount > pl.col("max_daily_amount_minor"))).fill_null(False).alias(
+            "over_daily_amount"
+        ),
+        (cap & (cum_count > pl.col("max_daily_txn_count"))).fill_null(False).alias(
+            "over_daily_count"
+        ),
+        (cap & pl.col("card_token").is_not_null() & (cum_card > pl.col("max_same_card_per_day")))
+        .fill_null(False)
+        .alias("over_same_card"),
+    ]
+
+
+def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
+    """One boolean per behaviour: the row is evidence of it."""
+    return [
+        (pl.col("outside_geofence") | pl.col("impossible_hop")).alias("ev_relocation"),
+        (
+            pl.col("serial_mismatch")
+            | pl.col("serial_switch")
+            | pl.col("stan_conflict")
+            | pl.col("ip_back_switch")
+            | pl.col("cell_back_switch")
+        ).alias("ev_cloned_terminal"),
+        (pl.col("mcc_mismatch") | pl.col("mcc_switch")).alias("ev_mcc_mismatch"),
+        (
+            (pl.col("approved") & (pl.col("round_amount") | (pl.col("night") & pl.col("credit_card"))))
+            | pl.col("just_under_cap")
+            | pl.col("same_card_burst")
+            | pl.col("refund_unmatched")
+        ).alias("ev_cash_out"),
+        (pl.col("testing_window") | pl.col("sequential_card")).alias("ev_card_testing"),
+        pl.col("fallback_entry").alias("ev_fallback_abuse"),
+        pl.col("unregistered_reason").is_not_null().alias("ev_unregistered_use"),
+        (
+            pl.col("over_txn_cap")
+            | pl.col("over_daily_amount")
+            | pl.col("over_daily_count")
+            | pl.col("over_same_card")
+        ).alias("ev_trial_limit_breach"),
+        (
+            pl.col("disallowed_card_type")
+            | pl.col("disallowed_txn_type")
+            | pl.col("disallowed_entry_mode")
+            | pl.col("outside_hours")
+        ).alias("ev_disallowed_use"),
+        (
+            pl.col("response_code").is_in(technical_codes)
+            | (pl.col("txn_type") == "reversal")
+            | pl.col("stan_repeat")
+        ).alias("ev_malfunction"),
+    ]
+
+
+def _share(flag: str | pl.Expr, base: pl.Expr | None = None) -> pl.Expr:
+    """Mean of a boolean, optionally among rows where ``base`` holds (null when none)."""
+    f = pl.col(flag) if isinstance(flag, str) else flag
+    if base is None:
+        return f.cast(pl.Float64).mean()
+    return f.filter(base).cast(pl.Float64).mean()
+
+
+def _count(flag: str | pl.Expr) -> pl.Expr:
+    f = pl.col(flag) if isinstance(flag, str) else flag
+    return f.cast(pl.Int64).sum()
+
+
+def aggregate_expressions() -> list[pl.Expr]:
+    """The ``terminal_day`` aggregates, named as in :data:`AGGREGATE_COLUMNS`."""
+    ok = pl.col("approved")
+    cap = pl.col("cap_txn")
+    amt = pl.col("amount_minor")
+    cap_amt = amt.filter(cap)
+    card_counts = pl.col("card_token").filter(cap).value_counts(sort=True).struct.field("count")
+    located = pl.col("distance_km").is_not_null()
+    purchases = _count(cap)
+    n_refund = _count(pl.col("txn_type") == "refund")
+    n_reversal = _count(pl.col("txn_type") == "reversal")
+    declined = ~ok
+    em = pl.col("entry_mode")
+    return [
+        pl.len().cast(pl.Int64).alias("n_txn"),
+        _count(ok).alias("n_approved"),
+        purchases.alias("n_cap"),
+        cap_amt.sum().cast(pl.Int64).alias("cap_amount"),
+        cap_amt.mean().alias("amount_mean"),
+        cap_amt.std().alias("amount_std"),
+        cap_amt.median().cast(pl.Float64).alias("amount_p50"),
+        cap_amt.quantile(0.9).cast(pl.Float64).alias("amount_p90"),
+        cap_amt.max().cast(pl.Int64).alias("amount_max"),
+        _share("round_amount", cap).alias("round_share"),
+        _share("just_under_cap", cap).alias("just_under_cap_share"),
+        _share("credit_card", cap).alias("credit_share"),
+        _share("night", cap).alias("night_share"),
+        _share("outside_hours").alias("outside_hours_share"),
+        pl.col("card_token").n_unique().cast(pl.Int64).alias("n_cards"),
+        card_counts.max().cast(pl.Int64).alias("max_same_card"),
+        (card_counts.head(5).sum() / purchases).cast(pl.Float64).alias("top5_card_share"),
+        _count("same_card_burst").alias("n_same_card_bursts"),
+        declined.cast(pl.Float64).mean().alias("decline_rate"),
+        *[
+            (pl.col("decline_family") == fam).fill_null(False).cast(pl.Float64).mean().alias(
+                f"decline_{fam}_rate"
+            )
+            for fam in ("card", "pin", "funds", "technical")
+        ],
+        _count((pl.col("decline_family") == "technical").fill_null(False)).alias("n_technical"),
+        n_refund.alias("n_refund"),
+        (n_refund / purchases).cast(pl.Float64).alias("refund_ratio"),
+        _count("refund_unmatched").alias("n_unmatched_refund"),
+        n_reversal.alias("n_reversal"),
+        (n_reversal / purchases).cast(pl.Float64).alias("reversal_ratio"),
+        _share(em == "05").alias("chip_share"),
+        _share(em.is_in(["07", "91"])).alias("contactless_share"),
+        _share(em == "03").alias("qr_share"),
+        _share("fallback_entry").alias("fallback_share"),
+        _count("fallback_entry").alias("n_fallback"),
+        _share(em == "01").alias("manual_share"),
+        _count("mcc_mismatch").alias("n_mcc_mismatch"),
+        _share("mcc_mismatch").alias("mcc_mismatch_share"),
+        _count("mcc_switch").alias("n_mcc_switch"),
+        pl.col("mcc").n_unique().cast(pl.Int64).alias("n_distinct_mcc"),
+        _count(located).alias("n_located"),
+        _count("outside_geofence").alias("n_outside_geofence"),
+        pl.col("distance_km").median().alias("distance_p50_km"),
+        pl.col("distance_km").quantile(0.95).alias("distance_p95_km"),
+        pl.col("distance_km").max().alias("distance_max_km"),
+        pl.col("geofence_m").max().alias("geofence_m"),
+        pl.col("hop_speed_kmh").filter(pl.col("hop_km") >= 1.0).max().alias("max_speed_kmh"),
+        _count("impossible_hop").alias("n_impossible_hops"),
+        pl.col("device_serial").drop_nulls().n_unique().cast(pl.Int64).alias("n_serials"),
+        pl.col("ip_address").drop_nulls().n_unique().cast(pl.Int64).alias("n_ips"),
+        pl.col("cell_id").drop_nulls().n_unique().cast(pl.Int64).alias("n_cells"),
+        _count("serial_mismatch").alias("n_serial_mismatch"),
+        _count("serial_switch").alias("n_serial_switch"),
+        _count("serial_back_switch").alias("n_serial_back_switch"),
+        _count("ip_back_switch").alias("n_ip_back_switch"),
+        _count("cell_back_switch").alias("n_cell_back_switch"),
+        _count("stan_repeat").alias("n_stan_repeat"),
+        _count("stan_conflict").alias("n_stan_conflict"),
+        _count("stan_out_of_order").alias("n_stan_out_of_order"),
+        _count(pl.col("unregistered_reason").is_not_null()).alias("n_unregistered"),
+        _count("over_txn_cap").alias("n_over_txn_cap"),
+        _count("over_daily_amount").alias("n_over_daily_amount"),
+        _count("over_daily_count").alias("n_over_daily_count"),
+        _count("over_same_card").alias("n_over_same_card"),
+        _count("disallowed_card_type").alias("n_disallowed_card_type"),
+        _count("disallowed_txn_type").alias("n_disallowed_txn_type"),
+        _count("disallowed_entry_mode").alias("n_disallowed_entry_mode"),
+        _count(pl.col("disallowed_entry_mode") & ~pl.col("fallback_entry")).alias(
+            "n_disallowed_entry_nonfallback"
+        ),
+        _count("outside_hours").alias("n_outside_hours"),
+        pl.col("window_cards").max().cast(pl.Int64).alias("max_cards_window"),
+        pl.col("testing_cards_row").max().cast(pl.Int64).alias("testing_cards"),
+        pl.col("testing_decl_row").max().alias("testing_decline_rate"),
+        pl.col("testing_med_row").min().cast(pl.Float64).alias("testing_median_amount"),
+        pl.col("card_token").filter(pl.col("sequential_card")).n_unique().cast(pl.Int64).alias(
+            "n_sequential_cards"
+        ),
+    ]
+
+
+def _detail_expressions() -> list[pl.Expr]:
+    """Per terminal-day values used only in reason texts (not stored)."""
+    return [
+        pl.col("unregistered_reason").drop_nulls().first().alias("unregistered_reason"),
+        pl.col("reg_registered_mcc").first().alias("registered_mcc"),
+        pl.col("mcc").filter(pl.col("mcc_mismatch")).mode().first().alias("mismatch_mcc"),
+        pl.col("max_txn_amount_minor").first().alias("max_txn_amount_minor"),
+        pl.col("max_daily_amount_minor").first().alias("max_daily_amount_minor"),
+        pl.col("max_daily_txn_count").first().alias("max_daily_txn_count"),
+        pl.col("max_same_card_per_day").first().alias("max_same_card_per_day"),
+        pl.col("amount_minor").filter(pl.col("over_txn_cap")).max().alias("max_over_cap_amount"),
+        pl.col("card_type").filter(pl.col("disallowed_card_type")).mode().first().alias(
+            "disallowed_card_type_value"
+        ),
+        pl.col("txn_type").filter(pl.col("disallowed_txn_type")).mode().first().alias(
+            "disallowed_txn_type_value"
+        ),
+        pl.col("entry_mode").filter(pl.col("disallowed_entry_mode")).mode().first().alias(
+            "disallowed_entry_mode_value"
+        ),
+        pl.col("hours_start_min").first().alias("hours_start_min"),
+        pl.col("hours_end_min").first().alias("hours_end_min"),
+    ]
+
+
+def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
+    """One row per (terminal_id, local_date): attributes, aggregates, details and evidence.
+
+    Parameters
+    ----------
+    enriched : LazyFrame
+        :func:`features.transactions.enrich_transactions` output.
+    config : dict
+        Thresholds (``card_testing`` and ``decline_families`` are used here).
+    """
+    lf = card_testing_windows(enriched, config["card_testing"])
+    lf = sequential_cards(lf, config["card_testing"])
+    lf = lf.with_columns(daily_cap_breaches())
+    technical = list(config["decline_families"]["technical"])
+    lf = lf.with_columns(evidence_flags(technical))
+    lf = lf.sort("terminal_id", "txn_time", "txn_id")
+    attrs = [
+        pl.col("reg_merchant_id").first().alias("merchant_id"),
+        pl.col("reg_registered_mcc").first().alias("registered_mcc"),
+        pl.col("reg_region_code").first().alias("region_code"),
+        pl.col("reg_terminal_kind").first().alias("terminal_kind"),
+        pl.col("policy_key").first().alias("policy_key"),
+    ]
+    evidence = [
+        pl.col("txn_id").filter(pl.col(f"ev_{b}")).head(MAX_EVIDENCE).alias(f"ev_{b}")
+        for b in EVIDENCE_BEHAVIOURS
+    ]
+    details = [e for e in _detail_expressions() if e.meta.output_name() != "registered_mcc"]
+    return lf.group_by("terminal_id", "local_date").agg(
+        *attrs, *aggregate_expressions(), *details, *evidence
+    )

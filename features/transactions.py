@@ -1,0 +1,472 @@
+"""Per-transaction features: registry version in force, policy, and one flag per signal.
+
+Everything here is a polars expression builder named after the column it
+produces, composed by :func:`enrich_transactions` in a few ``with_columns``
+stages. Input frames are lazy; nothing is collected here.
+
+Expected input: transaction rows of the stored ``transactions`` table, sorted
+or not, optionally with ``orig_terminal_id``, ``orig_card_token`` and
+``orig_amount_minor`` (the referenced original of a refund, looked up by the
+caller; absent means "not looked up", which counts as not found).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from features.schema import APPROVED_RESPONSE_CODE, CAP_TXN_TYPES, TERMINAL_KINDS
+
+EARTH_RADIUS_KM = 6371.0088
+
+#: Registry columns carried onto each transaction (prefixed ``reg_`` when clashing).
+REGISTRY_COLUMNS: tuple[str, ...] = (
+    "merchant_id",
+    "serial_number",
+    "registered_mcc",
+    "registered_lat",
+    "registered_lon",
+    "region_code",
+    "terminal_kind",
+    "policy_id",
+    "activated_at",
+    "trial_start",
+    "trial_end",
+    "status",
+    "updated_at",
+)
+
+
+def haversine_km(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl.Expr:
+    """Great-circle distance in km between two WGS84 points (null if any is null)."""
+    p1, p2 = lat1.radians(), lat2.radians()
+    dphi = p2 - p1
+    dlmb = (lon2 - lon1).radians()
+    a = (dphi / 2).sin().pow(2) + p1.cos() * p2.cos() * (dlmb / 2).sin().pow(2)
+    return 2 * EARTH_RADIUS_KM * a.sqrt().clip(upper_bound=1.0).arcsin()
+
+
+# ---------------------------------------------------------------------------
+# Registry and policy joins
+# ---------------------------------------------------------------------------
+
+
+def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFrame:
+    """Attach the registry row in force at each transaction's time.
+
+    The row in force is the latest ``updated_at`` <= ``txn_time`` (contract).
+    ``reg_known`` says whether the terminal id appears in the registry at all,
+    ``reg_in_force`` whether a row was in force at that time. Attributes
+    (location, MCC, kind, policy, serial) fall back to the terminal's earliest
+    row when none is in force yet, so location and MCC checks still work.
+    """
+    reg = registry.select(
+        "terminal_id",
+        *[pl.col(c).alias(f"reg_{c}") for c in REGISTRY_COLUMNS],
+    ).sort("reg_updated_at")
+    first = (
+        reg.sort("terminal_id", "reg_updated_at")
+        .group_by("terminal_id")
+        .first()
+        .select("terminal_id", *[pl.col(f"reg_{c}").alias(f"first_{c}") for c in REGISTRY_COLUMNS])
+    )
+    joined = txns.sort("txn_time").join_asof(
+        reg,
+        left_on="txn_time",
+        right_on="reg_updated_at",
+        by="terminal_id",
+        strategy="backward",
+        check_sortedness=False,
+    )
+    joined = joined.join(first, on="terminal_id", how="left")
+    static = (
+        "merchant_id",
+        "serial_number",
+        "registered_mcc",
+        "registered_lat",
+        "registered_lon",
+        "region_code",
+        "terminal_kind",
+        "policy_id",
+    )
+    return joined.with_columns(
+        pl.col("first_updated_at").is_not_null().alias("reg_known"),
+        pl.col("reg_updated_at").is_not_null().alias("reg_in_force"),
+        *[pl.coalesce(f"reg_{c}", f"first_{c}").alias(f"reg_{c}") for c in static],
+    ).drop([f"first_{c}" for c in REGISTRY_COLUMNS])
+
+
+def join_policy(txns: pl.LazyFrame, policies: pl.DataFrame) -> pl.LazyFrame:
+    """Attach the policy of each transaction (unknown policy or terminal -> ``default``)."""
+    known = policies.get_column("policy_key").to_list()
+    with_key = txns.with_columns(
+        pl.when(pl.col("reg_policy_id").is_in(known))
+        .then(pl.col("reg_policy_id"))
+        .otherwise(pl.lit("default"))
+        .alias("policy_key")
+    )
+    out = with_key.join(policies.lazy(), on="policy_key", how="left")
+    geofence = pl.lit(None, dtype=pl.Float64)
+    for kind in TERMINAL_KINDS:
+        geofence = (
+            pl.when(pl.col("reg_terminal_kind") == kind)
+            .then(pl.col(f"geofence_m_{kind}"))
+            .otherwise(geofence)
+        )
+    return out.with_columns(geofence.alias("geofence_m")).drop(
+        [f"geofence_m_{k}" for k in TERMINAL_KINDS]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Per-transaction signal expressions (stage 1: row-local)
+# ---------------------------------------------------------------------------
+
+
+def approved() -> pl.Expr:
+    """The switch approved the message (DE39 ``00``)."""
+    return (pl.col("response_code") == APPROVED_RESPONSE_CODE).alias("approved")
+
+
+def cap_txn() -> pl.Expr:
+    """Approved row that counts towards trial caps (purchase, preauth_complete, cash_advance)."""
+    return (
+        (pl.col("response_code") == APPROVED_RESPONSE_CODE)
+        & pl.col("txn_type").is_in(list(CAP_TXN_TYPES))
+    ).alias("cap_txn")
+
+
+def minute_of_day() -> pl.Expr:
+    """Local minute of the day of ``txn_time`` (0..1439)."""
+    t = pl.col("txn_time")
+    return (t.dt.hour().cast(pl.Int64) * 60 + t.dt.minute().cast(pl.Int64)).alias("minute_of_day")
+
+
+def outside_hours() -> pl.Expr:
+    """Outside the policy's business hours (start inclusive, end exclusive, may cross midnight)."""
+    m, s, e = pl.col("minute_of_day"), pl.col("hours_start_min"), pl.col("hours_end_min")
+    inside = pl.when(s < e).then((m >= s) & (m < e)).otherwise((m >= s) | (m < e))
+    return (s.is_not_null() & e.is_not_null() & ~inside).fill_null(False).alias("outside_hours")
+
+
+def night(start_hour: int, end_hour: int) -> pl.Expr:
+    """In the night window ``[start_hour, end_hour)`` local time."""
+    h = pl.col("txn_time").dt.hour()
+    return ((h >= start_hour) & (h < end_hour)).alias("night")
+
+
+def round_amount(round_minor: int) -> pl.Expr:
+    """Approved amount that is a whole multiple of ``round_minor`` (e.g. 100 yuan)."""
+    return (
+        (pl.col("amount_minor") > 0) & (pl.col("amount_minor") % round_minor == 0)
+    ).alias("round_amount")
+
+
+def just_under_cap(pct: float) -> pl.Expr:
+    """Cap-counting amount within ``pct`` below the per-transaction cap."""
+    cap = pl.col("max_txn_amount_minor")
+    a = pl.col("amount_minor")
+    return (pl.col("cap_txn") & (a <= cap) & (a >= cap * (1.0 - pct))).fill_null(False).alias(
+        "just_under_cap"
+    )
+
+
+def over_txn_cap() -> pl.Expr:
+    """Cap-counting amount above the per-transaction cap."""
+    return (pl.col("cap_txn") & (pl.col("amount_minor") > pl.col("max_txn_amount_minor"))).fill_null(
+        False
+    ).alias("over_txn_cap")
+
+
+def credit_card() -> pl.Expr:
+    """Credit card."""
+    return (pl.col("card_type") == "credit").alias("credit_card")
+
+
+def disallowed_card_type() -> pl.Expr:
+    """Card type the policy does not allow (absent list = all allowed)."""
+    return (~pl.col("allowed_card_types").list.contains(pl.col("card_type"))).fill_null(
+        False
+    ).alias("disallowed_card_type")
+
+
+def disallowed_txn_type() -> pl.Expr:
+    """Transaction type the policy does not allow."""
+    return (~pl.col("allowed_txn_types").list.contains(pl.col("txn_type"))).fill_null(
+        False
+    ).alias("disallowed_txn_type")
+
+
+def disallowed_entry_mode() -> pl.Expr:
+    """Entry mode the policy does not allow."""
+    return (~pl.col("allowed_entry_modes").list.contains(pl.col("entry_mode"))).fill_null(
+        False
+    ).alias("disallowed_entry_mode")
+
+
+def fallback_entry(entry_modes: list[str]) -> pl.Expr:
+    """Fallback, stripe or manual read of a card (DE22 in ``entry_modes``)."""
+    return pl.col("entry_mode").is_in(entry_modes).alias("fallback_entry")
+
+
+def decline_family(families: dict[str, list[str]]) -> pl.Expr:
+    """Decline family of a non-approved row: card, pin, funds, technical or other; null if approved."""
+    rc = pl.col("response_code")
+    expr = pl.when(rc == APPROVED_RESPONSE_CODE).then(pl.lit(None, dtype=pl.String))
+    for family, codes in families.items():
+        expr = expr.when(rc.is_in(list(codes))).then(pl.lit(family))
+    return expr.otherwise(pl.lit("other")).alias("decline_family")
+
+
+def distance_km() -> pl.Expr:
+    """Distance of the reported location from the registered address, km."""
+    return haversine_km(
+        pl.col("terminal_lat"),
+        pl.col("terminal_lon"),
+        pl.col("reg_registered_lat"),
+        pl.col("reg_registered_lon"),
+    ).alias("distance_km")
+
+
+def outside_geofence() -> pl.Expr:
+    """Reported location farther from the registered address than the policy's geofence."""
+    return (pl.col("distance_km") * 1000.0 > pl.col("geofence_m")).fill_null(False).alias(
+        "outside_geofence"
+    )
+
+
+def mcc_mismatch(check_mid: bool = True) -> pl.Expr:
+    """Message MCC differs from the registered MCC (or from the MCC digits of the MID)."""
+    reg = pl.col("mcc") != pl.col("reg_registered_mcc")
+    if check_mid:
+        reg = reg | (pl.col("mcc") != pl.col("merchant_id").str.slice(7, 4))
+    return reg.fill_null(False).alias("mcc_mismatch")
+
+
+def serial_mismatch() -> pl.Expr:
+    """Device serial reported in the message differs from the registered serial."""
+    return (pl.col("device_serial") != pl.col("reg_serial_number")).fill_null(False).alias(
+        "serial_mismatch"
+    )
+
+
+def unregistered_reason(as_of_end: pl.Expr | None = None) -> pl.Expr:
+    """Why a transaction is unregistered use (null when it is not).
+
+    Order of precedence: unknown terminal, no registry row yet, suspended or
+    terminated, not activated, before trial start, after trial end.
+    """
+    t = pl.col("txn_time")
+    d = pl.col("local_date")
+    return (
+        pl.when(~pl.col("reg_known"))
+        .then(pl.lit("unknown_terminal"))
+        .when(~pl.col("reg_in_force"))
+        .then(pl.lit("before_registration"))
+        .when(pl.col("reg_status").is_in(["suspended", "terminated"]))
+        .then(pl.col("reg_status"))
+        .when(pl.col("reg_activated_at").is_null() | (t < pl.col("reg_activated_at")))
+        .then(pl.lit("before_activation"))
+        .when(d < pl.col("reg_trial_start"))
+        .then(pl.lit("before_trial"))
+        .when(d > pl.col("reg_trial_end"))
+        .then(pl.lit("after_trial"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("unregistered_reason")
+    )
+
+
+def refund_unmatched() -> pl.Expr:
+    """Refund with no matching purchase: no original, another terminal or card, or a larger amount."""
+    is_refund = pl.col("txn_type") == "refund"
+    matched = (
+        (pl.col("orig_terminal_id") == pl.col("terminal_id"))
+        & (pl.col("orig_card_token") == pl.col("card_token")).fill_null(True)
+        & (pl.col("amount_minor") <= pl.col("orig_amount_minor"))
+    ).fill_null(False)
+    return (is_refund & ~matched).alias("refund_unmatched")
+
+
+# ---------------------------------------------------------------------------
+# Stage 2: sequence features within a terminal (rows sorted by terminal, time)
+# ---------------------------------------------------------------------------
+
+
+def _prev_located(col: str) -> pl.Expr:
+    """Value of ``col`` at the previous row of the terminal that had a location."""
+    located = pl.col("terminal_lat").is_not_null() & pl.col("terminal_lon").is_not_null()
+    return (
+        pl.when(located).then(pl.col(col)).otherwise(None).shift(1).forward_fill().over("terminal_id")
+    )
+
+
+def hop_km() -> pl.Expr:
+    """Distance from the terminal's previous located transaction, km."""
+    return haversine_km(
+        _prev_located("terminal_lat"),
+        _prev_located("terminal_lon"),
+        pl.col("terminal_lat"),
+        pl.col("terminal_lon"),
+    ).alias("hop_km")
+
+
+def hop_speed_kmh() -> pl.Expr:
+    """Implied travel speed from the previous located transaction, km/h."""
+    dt_h = (pl.col("txn_time") - _prev_located("txn_time")).dt.total_seconds() / 3600.0
+    # Two fixes at the same second: use one second so the speed stays finite.
+    return (pl.col("hop_km") / dt_h.clip(lower_bound=1.0 / 3600.0)).alias("hop_speed_kmh")
+
+
+def impossible_hop(max_speed_kmh: float, min_jump_km: float) -> pl.Expr:
+    """A hop faster than ``max_speed_kmh`` over at least ``min_jump_km``."""
+    return ((pl.col("hop_speed_kmh") > max_speed_kmh) & (pl.col("hop_km") >= min_jump_km)).fill_null(
+        False
+    ).alias("impossible_hop")
+
+
+def _switches(col: str) -> tuple[pl.Expr, pl.Expr]:
+    """(switch, back_switch) of ``col`` along the terminal's rows, nulls carried forward."""
+    v = pl.col(col).forward_fill().over("terminal_id")
+    prev = v.shift(1).over("terminal_id")
+    switch = (v != prev).fill_null(False) & pl.col(col).is_not_null()
+    # run_prev = the value of the run before the current one.
+    run_prev = pl.when(v != prev).then(prev).otherwise(None).forward_fill().over("terminal_id")
+    back = switch & (v == run_prev.shift(1).over("terminal_id")).fill_null(False)
+    return switch, back
+
+
+def serial_switch() -> pl.Expr:
+    """Device serial differs from the previous message's serial."""
+    return _switches("device_serial")[0].alias("serial_switch")
+
+
+def serial_back_switch() -> pl.Expr:
+    """Device serial returns to the serial used before the previous switch (A, B, A)."""
+    return _switches("device_serial")[1].alias("serial_back_switch")
+
+
+def ip_back_switch() -> pl.Expr:
+    """IP address returns to the previous-but-one address (two sessions at once)."""
+    return _switches("ip_address")[1].alias("ip_back_switch")
+
+
+def cell_back_switch() -> pl.Expr:
+    """Cell id returns to the previous-but-one cell."""
+    return _switches("cell_id")[1].alias("cell_back_switch")
+
+
+def mcc_switch() -> pl.Expr:
+    """Message MCC differs from the terminal's previous message MCC."""
+    return (pl.col("mcc") != pl.col("mcc").shift(1).over("terminal_id")).fill_null(False).alias(
+        "mcc_switch"
+    )
+
+
+def stan_out_of_order() -> pl.Expr:
+    """STAN lower than the previous message's STAN (and not a wrap from 999999)."""
+    s = pl.col("stan").cast(pl.Int64, strict=False)
+    prev = s.shift(1).over("terminal_id")
+    return ((s < prev) & ((prev - s) < 900_000)).fill_null(False).alias("stan_out_of_order")
+
+
+def stan_repeat() -> pl.Expr:
+    """STAN seen before on the same terminal the same day with the same amount and card."""
+    keys = ["terminal_id", "local_date", "stan", "amount_minor", "card_token"]
+    return (
+        pl.col("stan").is_not_null() & (pl.int_range(pl.len()).over(keys) > 0)
+    ).alias("stan_repeat")
+
+
+def stan_conflict() -> pl.Expr:
+    """STAN used more than once on the same terminal the same day with a different amount or card."""
+    keys = ["terminal_id", "local_date", "stan"]
+    content = pl.struct("amount_minor", "card_token")
+    return (pl.col("stan").is_not_null() & (content.n_unique().over(keys) > 1)).alias(
+        "stan_conflict"
+    )
+
+
+def same_card_burst(k: int, window_s: int) -> pl.Expr:
+    """Same card used ``k`` times at the terminal within ``window_s`` seconds (ends here)."""
+    keys = ["terminal_id", "card_token"]
+    gap = (pl.col("txn_time") - pl.col("txn_time").shift(k - 1).over(keys)).dt.total_seconds()
+    return (pl.col("card_token").is_not_null() & (gap <= window_s)).fill_null(False).alias(
+        "same_card_burst"
+    )
+
+
+def enrich_transactions(
+    txns: pl.LazyFrame,
+    registry: pl.LazyFrame,
+    policies: pl.DataFrame,
+    config: dict[str, Any],
+) -> pl.LazyFrame:
+    """All per-transaction signals, rows sorted by (terminal_id, txn_time, txn_id).
+
+    Parameters
+    ----------
+    txns : LazyFrame
+        Stored ``transactions`` rows (one or more days, any terminals).
+    registry : LazyFrame
+        Stored ``terminals`` rows (every version) of those terminals.
+    policies : DataFrame
+        :func:`features.policy.policy_frame` output.
+    config : dict
+        :func:`models.config.load_config` output (thresholds).
+    """
+    g = config["general"]
+    names = txns.collect_schema().names()
+    extra = [
+        pl.lit(None, dtype=dt).alias(c)
+        for c, dt in (
+            ("orig_terminal_id", pl.String),
+            ("orig_card_token", pl.String),
+            ("orig_amount_minor", pl.Int64),
+        )
+        if c not in names
+    ]
+    if extra:
+        txns = txns.with_columns(extra)
+    lf = join_policy(registry_in_force(txns, registry), policies)
+    lf = lf.sort("terminal_id", "txn_time", "txn_id")
+    lf = lf.with_columns(
+        approved(),
+        cap_txn(),
+        minute_of_day(),
+        night(int(g["night_start_hour"]), int(g["night_end_hour"])),
+        round_amount(int(g["round_amount_minor"])),
+        credit_card(),
+        disallowed_card_type(),
+        disallowed_txn_type(),
+        disallowed_entry_mode(),
+        fallback_entry(list(config["fallback_abuse"]["entry_modes"])),
+        decline_family(dict(config["decline_families"])),
+        distance_km(),
+        mcc_mismatch(bool(config["mcc_mismatch"].get("check_mid", True))),
+        serial_mismatch(),
+        unregistered_reason(),
+        refund_unmatched(),
+    )
+    rel = config["relocation"]
+    co = config["cash_out"]
+    lf = lf.with_columns(
+        outside_hours(),
+        just_under_cap(float(co["just_under_cap_pct"])),
+        over_txn_cap(),
+        outside_geofence(),
+        hop_km(),
+        serial_switch(),
+        serial_back_switch(),
+        ip_back_switch(),
+        cell_back_switch(),
+        mcc_switch(),
+        stan_out_of_order(),
+        stan_repeat(),
+        stan_conflict(),
+        same_card_burst(int(co["same_card_burst"]), int(co["same_card_window_s"])),
+    )
+    lf = lf.with_columns(hop_speed_kmh())
+    return lf.with_columns(
+        impossible_hop(float(rel["max_speed_kmh"]), float(rel["min_jump_km"]))
+    )

@@ -1,0 +1,744 @@
+"""Rule detectors: trial policies and documented thresholds applied to terminal-day features.
+
+Each behaviour is a list of :class:`Check` objects evaluated on the frame of
+:func:`features.daily.terminal_day` (one row per terminal and local day). A
+check that holds contributes a reason ``{code, text, observed, threshold}``
+and a score in [0, 1]; a behaviour is detected when one of its *firing*
+checks holds (supporting checks only add reasons and score). Scores combine as
+a noisy-OR, ``1 - prod(1 - s_i)``. Thresholds come from ``models/thresholds.toml``
+(:func:`models.config.load_config`), caps and allowed codes from the policy.
+
+Sign convention (shared with the anomaly model): higher score = more certain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from sklearn.base import BaseEstimator
+
+from features.schema import DETECTION_SCHEMA, REASON_STRUCT
+
+RULE_BEHAVIOURS: tuple[str, ...] = (
+    "relocation",
+    "cloned_terminal",
+    "mcc_mismatch",
+    "cash_out",
+    "card_testing",
+    "fallback_abuse",
+    "unregistered_use",
+    "trial_limit_breach",
+    "disallowed_use",
+    "malfunction",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One condition of a behaviour, with its reason.
+
+    ``when`` is a boolean expression over terminal-day columns; ``score`` in
+    [0, 1] is its contribution when it holds; ``fires`` False marks a
+    supporting check that adds a reason but cannot raise the behaviour alone.
+    """
+
+    code: str
+    when: pl.Expr
+    score: pl.Expr
+    text: pl.Expr
+    observed: pl.Expr
+    threshold: pl.Expr
+    fires: bool = True
+
+
+def exceed_score(observed: pl.Expr, threshold: pl.Expr | float) -> pl.Expr:
+    """0.5 at the threshold, rising towards 1 as ``observed`` grows: ``1 - 0.5 * t / o``."""
+    t = threshold if isinstance(threshold, pl.Expr) else pl.lit(float(threshold))
+    o = observed.cast(pl.Float64)
+    return (1.0 - 0.5 * t / o.clip(lower_bound=1e-12)).clip(0.0, 1.0)
+
+
+def below_score(observed: pl.Expr, threshold: pl.Expr | float) -> pl.Expr:
+    """0.5 at the threshold, rising towards 1 as ``observed`` falls below it."""
+    t = threshold if isinstance(threshold, pl.Expr) else pl.lit(float(threshold))
+    return (1.0 - 0.5 * observed.cast(pl.Float64) / t.clip(lower_bound=1e-12)).clip(0.0, 1.0)
+
+
+def count_score(n: pl.Expr) -> pl.Expr:
+    """A hard rule: 0.5 for one occurrence, ``1 - 0.5**n`` for ``n`` (0.75, 0.875, ...)."""
+    return 1.0 - pl.lit(0.5).pow(n.cast(pl.Float64).clip(lower_bound=0.0))
+
+
+def _pct(e: pl.Expr) -> pl.Expr:
+    return (e * 100.0).round(1)
+
+
+def _yuan(e: pl.Expr) -> pl.Expr:
+    return (e.cast(pl.Float64) / 100.0).round(2)
+
+
+def _f(v: Any) -> pl.Expr:
+    return pl.lit(float(v), dtype=pl.Float64)
+
+
+def _hhmm(minutes: pl.Expr) -> pl.Expr:
+    h = (minutes // 60).cast(pl.String).str.pad_start(2, "0")
+    m = (minutes % 60).cast(pl.String).str.pad_start(2, "0")
+    return pl.format("{}:{}", h, m)
+
+
+# ---------------------------------------------------------------------------
+# Checks per behaviour
+# ---------------------------------------------------------------------------
+
+
+def relocation_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Away from the registered address, or impossible travel (domain §1 #1)."""
+    c = cfg["relocation"]
+    share = pl.col("n_outside_geofence") / pl.col("n_located").cast(pl.Float64)
+    fence_km = pl.col("geofence_m") / 1000.0
+    return [
+        Check(
+            "outside_geofence",
+            (pl.col("n_outside_geofence") >= int(c["min_outside"]))
+            & (share >= float(c["min_outside_share"])),
+            exceed_score(pl.col("distance_p50_km"), fence_km),
+            pl.format(
+                "reported location {} km from the registered address (median of {} of {} "
+                "located transactions outside; max {} km; geofence {} m)",
+                pl.col("distance_p50_km").round(1),
+                pl.col("n_outside_geofence"),
+                pl.col("n_located"),
+                pl.col("distance_max_km").round(1),
+                pl.col("geofence_m").round(0).cast(pl.Int64),
+            ),
+            pl.col("distance_p50_km"),
+            fence_km,
+        ),
+        Check(
+            "impossible_travel",
+            pl.col("n_impossible_hops") >= int(c["min_impossible_hops"]),
+            exceed_score(pl.col("max_speed_kmh"), float(c["max_speed_kmh"])),
+            pl.format(
+                "implied travel speed {} km/h between consecutive transactions ({} hops over "
+                "{} km/h)",
+                pl.col("max_speed_kmh").round(0),
+                pl.col("n_impossible_hops"),
+                _f(c["max_speed_kmh"]).round(0),
+            ),
+            pl.col("max_speed_kmh"),
+            _f(c["max_speed_kmh"]),
+        ),
+    ]
+
+
+def cloned_terminal_checks(cfg: dict[str, Any]) -> list[Check]:
+    """One terminal id used by two devices at once (domain §1 #2)."""
+    c = cfg["cloned_terminal"]
+    net = int(c["min_network_back_switches"])
+    return [
+        Check(
+            "two_devices",
+            (pl.col("n_serials") >= int(c["min_serials"]))
+            & (pl.col("n_serial_back_switch") >= int(c["min_back_switches"])),
+            exceed_score(pl.col("n_serials"), _f(c["min_serials"] - 0.5)),
+            pl.format(
+                "{} device serials on one terminal id in a day, switching back and forth {} "
+                "times (threshold {} serials)",
+                pl.col("n_serials"),
+                pl.col("n_serial_back_switch"),
+                pl.lit(int(c["min_serials"])),
+            ),
+            pl.col("n_serials").cast(pl.Float64),
+            _f(c["min_serials"]),
+        ),
+        Check(
+            "stan_conflict",
+            pl.col("n_stan_conflict") >= int(c["min_stan_conflicts"]),
+            count_score(pl.col("n_stan_conflict") / 2),
+            pl.format(
+                "{} messages reuse a STAN with a different amount or card (threshold {})",
+                pl.col("n_stan_conflict"),
+                pl.lit(int(c["min_stan_conflicts"])),
+            ),
+            pl.col("n_stan_conflict").cast(pl.Float64),
+            _f(c["min_stan_conflicts"]),
+        ),
+        Check(
+            "network_interleaving",
+            (pl.col("n_ip_back_switch") >= net) & (pl.col("n_cell_back_switch") >= net),
+            exceed_score(pl.col("n_ip_back_switch"), _f(net)) * 0.8,
+            pl.format(
+                "IP address and cell alternate between two sessions ({} and {} back-switches, "
+                "threshold {})",
+                pl.col("n_ip_back_switch"),
+                pl.col("n_cell_back_switch"),
+                pl.lit(net),
+            ),
+            pl.col("n_ip_back_switch").cast(pl.Float64),
+            _f(net),
+        ),
+        Check(
+            "serial_mismatch",
+            pl.col("n_serial_mismatch") >= 1,
+            pl.lit(0.3),
+            pl.format(
+                "{} of {} messages report a device serial other than the registered one",
+                pl.col("n_serial_mismatch"),
+                pl.col("n_txn"),
+            ),
+            pl.col("n_serial_mismatch").cast(pl.Float64),
+            _f(1),
+            fires=False,
+        ),
+    ]
+
+
+def mcc_mismatch_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Message MCC differs from the registered one, or switches (domain §1 #3)."""
+    c = cfg["mcc_mismatch"]
+    return [
+        Check(
+            "mcc_differs",
+            pl.col("n_mcc_mismatch") >= int(c["min_txns"]),
+            exceed_score(pl.col("mcc_mismatch_share"), 0.05).clip(0.5, 1.0),
+            pl.format(
+                "{} of {} transactions sent MCC {} while the registered MCC is {}",
+                pl.col("n_mcc_mismatch"),
+                pl.col("n_txn"),
+                pl.col("mismatch_mcc"),
+                pl.col("registered_mcc"),
+            ),
+            pl.col("n_mcc_mismatch").cast(pl.Float64),
+            _f(c["min_txns"]),
+        ),
+        Check(
+            "mcc_switches",
+            (pl.col("n_distinct_mcc") >= int(c["min_distinct_mcc"]))
+            & (pl.col("n_mcc_mismatch") >= 1),
+            pl.lit(0.3),
+            pl.format(
+                "{} distinct MCCs in one day, {} switches",
+                pl.col("n_distinct_mcc"),
+                pl.col("n_mcc_switch"),
+            ),
+            pl.col("n_distinct_mcc").cast(pl.Float64),
+            _f(c["min_distinct_mcc"]),
+            fires=False,
+        ),
+    ]
+
+
+def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Cash-out indicators (domain §1 #5, #10, #12); they fire together, see :func:`detect`."""
+    c = cfg["cash_out"]
+    enough = pl.col("n_cap") >= int(c["min_txns"])
+    return [
+        Check(
+            "round_amounts",
+            enough & (pl.col("round_share") > float(c["round_share"])),
+            exceed_score(pl.col("round_share"), float(c["round_share"])),
+            pl.format(
+                "{}% of approved purchases are round amounts (threshold {}%)",
+                _pct(pl.col("round_share")),
+                _pct(_f(c["round_share"])),
+            ),
+            pl.col("round_share"),
+            _f(c["round_share"]),
+            fires=False,
+        ),
+        Check(
+            "credit_share",
+            enough & (pl.col("credit_share") > float(c["credit_share"])),
+            exceed_score(pl.col("credit_share"), float(c["credit_share"])),
+            pl.format(
+                "{}% of approved purchases on credit cards (threshold {}%)",
+                _pct(pl.col("credit_share")),
+                _pct(_f(c["credit_share"])),
+            ),
+            pl.col("credit_share"),
+            _f(c["credit_share"]),
+            fires=False,
+        ),
+        Check(
+            "few_cards",
+            (pl.col("n_cap") >= int(c["top5_min_txns"]))
+            & (pl.col("top5_card_share") > float(c["top5_card_share"])),
+            exceed_score(pl.col("top5_card_share"), float(c["top5_card_share"])),
+            pl.format(
+                "the top 5 cards make {}% of {} approved purchases (threshold {}%)",
+                _pct(pl.col("top5_card_share")),
+                pl.col("n_cap"),
+                _pct(_f(c["top5_card_share"])),
+            ),
+            pl.col("top5_card_share"),
+            _f(c["top5_card_share"]),
+            fires=False,
+        ),
+        Check(
+            "split_sales",
+            pl.col("n_same_card_bursts") >= 1,
+            count_score(pl.col("n_same_card_bursts")),
+            pl.format(
+                "{} times one card was used {} times within {} min (split sale)",
+                pl.col("n_same_card_bursts"),
+                pl.lit(int(c["same_card_burst"])),
+                pl.lit(int(c["same_card_window_s"]) // 60),
+            ),
+            pl.col("n_same_card_bursts").cast(pl.Float64),
+            _f(1),
+            fires=False,
+        ),
+        Check(
+            "just_under_cap",
+            enough & (pl.col("just_under_cap_share") > float(c["just_under_cap_share"])),
+            exceed_score(pl.col("just_under_cap_share"), float(c["just_under_cap_share"])),
+            pl.format(
+                "{}% of approved purchases within {}% below the per-transaction cap of {} yuan "
+                "(threshold {}%)",
+                _pct(pl.col("just_under_cap_share")),
+                _pct(_f(c["just_under_cap_pct"])),
+                _yuan(pl.col("max_txn_amount_minor")),
+                _pct(_f(c["just_under_cap_share"])),
+            ),
+            pl.col("just_under_cap_share"),
+            _f(c["just_under_cap_share"]),
+            fires=False,
+        ),
+        Check(
+            "night_use",
+            enough & (pl.col("night_share") > float(c["night_share"])),
+            exceed_score(pl.col("night_share"), float(c["night_share"])),
+            pl.format(
+                "{}% of approved purchases at night, 00:00-05:00 (threshold {}%)",
+                _pct(pl.col("night_share")),
+                _pct(_f(c["night_share"])),
+            ),
+            pl.col("night_share"),
+            _f(c["night_share"]),
+            fires=False,
+        ),
+        Check(
+            "refunds",
+            (pl.col("n_unmatched_refund") >= int(c["min_unmatched_refunds"]))
+            | (enough & (pl.col("refund_ratio") > float(c["refund_ratio"]))),
+            exceed_score(pl.col("refund_ratio").fill_null(1.0), float(c["refund_ratio"])),
+            pl.format(
+                "{} refunds ({}% of purchases, threshold {}%), {} without a matching purchase",
+                pl.col("n_refund"),
+                _pct(pl.col("refund_ratio").fill_null(0.0)),
+                _pct(_f(c["refund_ratio"])),
+                pl.col("n_unmatched_refund"),
+            ),
+            pl.col("refund_ratio"),
+            _f(c["refund_ratio"]),
+            fires=False,
+        ),
+    ]
+
+
+def card_testing_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Many cards, small amounts, high decline rate, sequential card numbers (domain §1 #7)."""
+    c = cfg["card_testing"]
+    return [
+        Check(
+            "card_burst",
+            pl.col("testing_cards").is_not_null(),
+            exceed_score(pl.col("testing_cards"), _f(c["min_distinct_cards"])),
+            pl.format(
+                "{} distinct cards within {} min, {}% declined, median amount {} yuan "
+                "(thresholds: >= {} cards, > {}% declined, < {} yuan)",
+                pl.col("testing_cards"),
+                pl.lit(int(c["window_s"]) // 60),
+                _pct(pl.col("testing_decline_rate")),
+                _yuan(pl.col("testing_median_amount")),
+                pl.lit(int(c["min_distinct_cards"])),
+                _pct(_f(c["decline_rate"])),
+                _yuan(_f(c["max_median_amount_minor"])),
+            ),
+            pl.col("testing_cards").cast(pl.Float64),
+            _f(c["min_distinct_cards"]),
+        ),
+        Check(
+            "sequential_cards",
+            pl.col("n_sequential_cards") >= int(c["min_sequential_cards"]),
+            exceed_score(pl.col("n_sequential_cards"), _f(c["min_sequential_cards"])),
+            pl.format(
+                "{} cards of one BIN with last-4 digits in a fixed step (<= {}) within {} min",
+                pl.col("n_sequential_cards"),
+                pl.lit(int(c["max_last4_gap"])),
+                pl.lit(int(c["window_s"]) // 60),
+            ),
+            pl.col("n_sequential_cards").cast(pl.Float64),
+            _f(c["min_sequential_cards"]),
+        ),
+    ]
+
+
+def fallback_abuse_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Chip cards read by stripe, or manual key entry (domain §1 #8, #9)."""
+    c = cfg["fallback_abuse"]
+    modes = "/".join(c["entry_modes"])
+    return [
+        Check(
+            "fallback_rate",
+            (pl.col("n_fallback") >= int(c["min_txns"]))
+            & (pl.col("fallback_share") > float(c["rate"])),
+            exceed_score(pl.col("fallback_share"), float(c["rate"]) * 5),
+            pl.format(
+                "{} of {} card reads by fallback, stripe or manual entry ({}), {}% "
+                "(threshold {}%)",
+                pl.col("n_fallback"),
+                pl.col("n_txn"),
+                pl.lit(modes),
+                _pct(pl.col("fallback_share")),
+                _pct(_f(c["rate"])),
+            ),
+            pl.col("fallback_share"),
+            _f(c["rate"]),
+        ),
+    ]
+
+
+_UNREGISTERED_TEXT = {
+    "unknown_terminal": "terminal id is not in the registry",
+    "before_registration": "used before its first registry entry",
+    "suspended": "used while suspended",
+    "terminated": "used after termination",
+    "before_activation": "used before activation",
+    "before_trial": "used before the trial start",
+    "after_trial": "used after the trial end",
+}
+
+
+def unregistered_use_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Unknown terminal id or use outside the activation / trial window (domain §1 #11)."""
+    c = cfg["unregistered_use"]
+    text = pl.col("unregistered_reason").replace_strict(
+        _UNREGISTERED_TEXT, default=pl.col("unregistered_reason")
+    )
+    return [
+        Check(
+            "unregistered",
+            pl.col("n_unregistered") >= int(c["min_txns"]),
+            count_score(pl.col("n_unregistered")),
+            pl.format("{}: {} transactions", text, pl.col("n_unregistered")),
+            pl.col("n_unregistered").cast(pl.Float64),
+            _f(c["min_txns"]),
+        )
+    ]
+
+
+def trial_limit_breach_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Amount or count caps of the trial policy exceeded (contract policies)."""
+    m = int(cfg["trial_limit_breach"]["min_breaches"])
+    return [
+        Check(
+            "txn_cap",
+            pl.col("n_over_txn_cap") >= m,
+            exceed_score(pl.col("max_over_cap_amount"), pl.col("max_txn_amount_minor")),
+            pl.format(
+                "{} transactions over the per-transaction cap; largest {} yuan (cap {} yuan)",
+                pl.col("n_over_txn_cap"),
+                _yuan(pl.col("max_over_cap_amount")),
+                _yuan(pl.col("max_txn_amount_minor")),
+            ),
+            pl.col("max_over_cap_amount").cast(pl.Float64),
+            pl.col("max_txn_amount_minor").cast(pl.Float64),
+        ),
+        Check(
+            "daily_amount_cap",
+            pl.col("n_over_daily_amount") >= m,
+            exceed_score(pl.col("cap_amount"), pl.col("max_daily_amount_minor")),
+            pl.format(
+                "daily approved amount {} yuan (cap {} yuan)",
+                _yuan(pl.col("cap_amount")),
+                _yuan(pl.col("max_daily_amount_minor")),
+            ),
+            pl.col("cap_amount").cast(pl.Float64),
+            pl.col("max_daily_amount_minor").cast(pl.Float64),
+        ),
+        Check(
+            "daily_count_cap",
+            pl.col("n_over_daily_count") >= m,
+            exceed_score(pl.col("n_cap"), pl.col("max_daily_txn_count")),
+            pl.format(
+                "{} approved transactions in the day (cap {})",
+                pl.col("n_cap"),
+                pl.col("max_daily_txn_count"),
+            ),
+            pl.col("n_cap").cast(pl.Float64),
+            pl.col("max_daily_txn_count").cast(pl.Float64),
+        ),
+        Check(
+            "same_card_cap",
+            pl.col("n_over_same_card") >= m,
+            exceed_score(pl.col("max_same_card"), pl.col("max_same_card_per_day")),
+            pl.format(
+                "one card used {} times in the day (cap {})",
+                pl.col("max_same_card"),
+                pl.col("max_same_card_per_day"),
+            ),
+            pl.col("max_same_card").cast(pl.Float64),
+            pl.col("max_same_card_per_day").cast(pl.Float64),
+        ),
+    ]
+
+
+def disallowed_use_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Card type, transaction type, entry mode or hours the policy forbids (contract)."""
+    c = cfg["disallowed_use"]
+    m = int(c["min_txns"])
+    entry = pl.col("n_disallowed_entry_mode_effective")
+    return [
+        Check(
+            "card_type",
+            pl.col("n_disallowed_card_type") >= m,
+            count_score(pl.col("n_disallowed_card_type")),
+            pl.format(
+                "{} transactions with card type {}, which the policy does not allow",
+                pl.col("n_disallowed_card_type"),
+                pl.col("disallowed_card_type_value"),
+            ),
+            pl.col("n_disallowed_card_type").cast(pl.Float64),
+            _f(m),
+        ),
+        Check(
+            "txn_type",
+            pl.col("n_disallowed_txn_type") >= m,
+            count_score(pl.col("n_disallowed_txn_type")),
+            pl.format(
+                "{} transactions of type {}, which the policy does not allow",
+                pl.col("n_disallowed_txn_type"),
+                pl.col("disallowed_txn_type_value"),
+            ),
+            pl.col("n_disallowed_txn_type").cast(pl.Float64),
+            _f(m),
+        ),
+        Check(
+            "entry_mode",
+            entry >= m,
+            count_score(entry),
+            pl.format(
+                "{} transactions with entry mode {}, which the policy does not allow",
+                entry,
+                pl.col("disallowed_entry_mode_value"),
+            ),
+            entry.cast(pl.Float64),
+            _f(m),
+        ),
+        Check(
+            "hours",
+            pl.col("n_outside_hours") >= int(c["min_outside_hours"]),
+            count_score(pl.col("n_outside_hours") - int(c["min_outside_hours"]) + 1),
+            pl.format(
+                "{} transactions outside business hours {}-{}",
+                pl.col("n_outside_hours"),
+                _hhmm(pl.col("hours_start_min")),
+                _hhmm(pl.col("hours_end_min")),
+            ),
+            pl.col("n_outside_hours").cast(pl.Float64),
+            _f(c["min_outside_hours"]),
+        ),
+    ]
+
+
+def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
+    """Technical declines, reversals, duplicate STANs or clock skew beyond normal."""
+    c = cfg["malfunction"]
+    return [
+        Check(
+            "technical_declines",
+            (pl.col("n_technical") >= int(c["min_technical"]))
+            & (pl.col("decline_technical_rate") > float(c["technical_rate"])),
+            exceed_score(pl.col("decline_technical_rate"), float(c["technical_rate"])),
+            pl.format(
+                "{} technical declines, {}% of messages (threshold {}%)",
+                pl.col("n_technical"),
+                _pct(pl.col("decline_technical_rate")),
+                _pct(_f(c["technical_rate"])),
+            ),
+            pl.col("decline_technical_rate"),
+            _f(c["technical_rate"]),
+        ),
+        Check(
+            "reversals",
+            (pl.col("n_reversal") >= int(c["min_reversals"]))
+            & (pl.col("reversal_ratio").fill_null(1.0) > float(c["reversal_ratio"])),
+            exceed_score(pl.col("reversal_ratio").fill_null(1.0), float(c["reversal_ratio"])),
+            pl.format(
+                "{} reversals, {}% of purchases (threshold {}%)",
+                pl.col("n_reversal"),
+                _pct(pl.col("reversal_ratio").fill_null(1.0)),
+                _pct(_f(c["reversal_ratio"])),
+            ),
+            pl.col("reversal_ratio"),
+            _f(c["reversal_ratio"]),
+        ),
+        Check(
+            "stan_repeats",
+            pl.col("n_stan_repeat") >= int(c["min_stan_repeats"]),
+            count_score(pl.col("n_stan_repeat") - int(c["min_stan_repeats"]) + 1),
+            pl.format(
+                "{} messages repeat a STAN with the same amount and card (threshold {})",
+                pl.col("n_stan_repeat"),
+                pl.lit(int(c["min_stan_repeats"])),
+            ),
+            pl.col("n_stan_repeat").cast(pl.Float64),
+            _f(c["min_stan_repeats"]),
+        ),
+        Check(
+            "clock_skew",
+            pl.col("n_implausible_time") >= 1,
+            count_score(pl.col("n_implausible_time")),
+            pl.format(
+                "{} transactions with an implausible time (more than {} days outside the "
+                "trial window or in the future)",
+                pl.col("n_implausible_time"),
+                pl.lit(int(c["implausible_days"])),
+            ),
+            pl.col("n_implausible_time").cast(pl.Float64),
+            _f(1),
+        ),
+    ]
+
+
+CHECKS = {
+    "relocation": relocation_checks,
+    "cloned_terminal": cloned_terminal_checks,
+    "mcc_mismatch": mcc_mismatch_checks,
+    "cash_out": cash_out_checks,
+    "card_testing": card_testing_checks,
+    "fallback_abuse": fallback_abuse_checks,
+    "unregistered_use": unregistered_use_checks,
+    "trial_limit_breach": trial_limit_breach_checks,
+    "disallowed_use": disallowed_use_checks,
+    "malfunction": malfunction_checks,
+}
+
+
+def _reason(check: Check) -> pl.Expr:
+    return (
+        pl.when(check.when)
+        .then(
+            pl.struct(
+                pl.lit(check.code).alias("code"),
+                check.text.cast(pl.String).alias("text"),
+                check.observed.cast(pl.Float64).alias("observed"),
+                check.threshold.cast(pl.Float64).alias("threshold"),
+            )
+        )
+        .otherwise(None)
+    )
+
+
+def behaviour_detections(
+    day: pl.LazyFrame, behaviour: str, checks: list[Check], fire: pl.Expr | None = None,
+    score: pl.Expr | None = None,
+) -> pl.LazyFrame:
+    """Rows of ``day`` where ``behaviour`` is detected, as :data:`DETECTION_SCHEMA` columns.
+
+    ``fire`` / ``score`` override "any firing check" / noisy-OR of the checks.
+    """
+    hits = [c.when.fill_null(False) for c in checks]
+    fired = fire if fire is not None else pl.any_horizontal(
+        [h for h, c in zip(hits, checks, strict=True) if c.fires]
+    )
+    if score is None:
+        miss = [
+            pl.when(h).then(1.0 - c.score.fill_null(0.5).clip(0.0, 1.0)).otherwise(1.0)
+            for h, c in zip(hits, checks, strict=True)
+        ]
+        score = 1.0 - pl.reduce(lambda a, b: a * b, miss)
+    reasons = pl.concat_list([_reason(c) for c in checks]).list.drop_nulls()
+    return (
+        day.filter(fired.fill_null(False))
+        .select(
+            "terminal_id",
+            pl.lit(behaviour).alias("behaviour"),
+            pl.col("local_date").alias("day"),
+            score.clip(0.0, 1.0).cast(pl.Float64).alias("score"),
+            reasons.cast(pl.List(REASON_STRUCT)).alias("reasons"),
+            pl.col(f"ev_{behaviour}").cast(pl.List(pl.String)).alias("evidence"),
+        )
+    )
+
+
+def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
+    """Columns the checks need that depend on other behaviours (one cause, one flag)."""
+    fb = cfg["fallback_abuse"]
+    fallback_fires = (pl.col("n_fallback") >= int(fb["min_txns"])) & (
+        pl.col("fallback_share") > float(fb["rate"])
+    )
+    names = day.collect_schema().names()
+    out = day.with_columns(
+        pl.when(fallback_fires)
+        .then(pl.col("n_disallowed_entry_nonfallback"))
+        .otherwise(pl.col("n_disallowed_entry_mode"))
+        .alias("n_disallowed_entry_mode_effective"),
+    )
+    if "n_implausible_time" not in names:
+        out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    return out
+
+
+def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
+    """All rule detections for the terminal-days in ``day`` (:data:`DETECTION_SCHEMA`).
+
+    Parameters
+    ----------
+    day : LazyFrame
+        :func:`features.daily.terminal_day` output (optionally with
+        ``n_implausible_time``).
+    config : dict
+        :func:`models.config.load_config` output.
+    """
+    day = _prepare(day, config)
+    parts = []
+    for behaviour in RULE_BEHAVIOURS:
+        checks = CHECKS[behaviour](config)
+        if behaviour == "cash_out":
+            c = config["cash_out"]
+            n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in checks])
+            fire = n_ind >= int(c["min_indicators"])
+            score = 1.0 - pl.lit(0.5).pow((n_ind - int(c["min_indicators"]) + 1).cast(pl.Float64))
+            parts.append(behaviour_detections(day, behaviour, checks, fire, score))
+        else:
+            parts.append(behaviour_detections(day, behaviour, checks))
+    return pl.concat(parts, how="vertical").cast(dict(DETECTION_SCHEMA))
+
+
+class RuleDetector(BaseEstimator):
+    """The rule detectors as a scikit-learn style estimator (stateless; ``fit`` checks config).
+
+    Parameters
+    ----------
+    config : dict or None
+        Thresholds (:func:`models.config.load_config`); ``None`` loads the defaults.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.config = config
+
+    def fit(self, X=None, y=None):
+        """Validate the configuration; returns self."""
+        from models.config import load_config
+
+        cfg = load_config() if self.config is None else self.config
+        missing = [b for b in RULE_BEHAVIOURS if b not in cfg]
+        if missing:
+            raise ValueError(
+                f"config has no tables for {missing}; expected every table of "
+                "models/thresholds.toml (start from load_config())"
+            )
+        self.config_ = cfg
+        return self
+
+    def detect(self, day: pl.LazyFrame) -> pl.LazyFrame:
+        """Detections for a terminal-day frame (see :func:`detect`)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        return detect(day, self.config_)

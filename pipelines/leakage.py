@@ -1,0 +1,283 @@
+"""Cross-terminal and report-driven detectors: the DuckDB side.
+
+``run_leakage_detectors(con, as_of, config)`` reads what the three detectors of
+``models.compromise`` (``card_compromise``), ``models.hotspot`` (``fraud_hotspot``)
+and ``models.exposure`` (``pan_exposure``) need for one run date, in SQL that keeps
+the data small:
+
+- fraud reports known at the end of ``as_of`` (``reported_at`` before the next day);
+- transactions of the reported cards only (to match reports and find exposure);
+- per-terminal aggregates (distinct cards, sales count and amount) computed in DuckDB;
+- free texts of the day that contain the redaction marker.
+
+``pipelines.detect`` merges the detections into flag episodes and writes the
+at-risk cards with the ``flag_id`` of the ``card_compromise`` flag.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import duckdb
+import polars as pl
+
+from features.schema import DETECTION_SCHEMA, PAN_REDACTION_MARKER
+from models.compromise import (
+    AT_RISK_SCHEMA,
+    CompromiseParams,
+    at_risk_cards,
+    score_card_compromise,
+)
+from models.exposure import TEXTS_SCHEMA, ExposureParams, score_pan_exposure
+from models.hotspot import SALE_TYPES, HotspotParams, score_fraud_hotspot
+
+THRESHOLDS_FILE = Path(__file__).resolve().parents[1] / "models" / "thresholds.toml"
+
+
+class LeakageResult(NamedTuple):
+    """Everything one run date produced (``stats`` frames are for tuning and reports)."""
+
+    detections: pl.DataFrame
+    at_risk: pl.DataFrame
+    compromise_stats: pl.DataFrame
+    hotspot_stats: pl.DataFrame
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    """Run ``sql`` and return the result as a polars frame."""
+    return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
+
+
+def _config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The thresholds config: as given, else ``models/thresholds.toml``."""
+    if config is not None:
+        return config
+    try:
+        from models.config import load_config
+    except ImportError:  # the loader is not there: read the file ourselves
+        if not THRESHOLDS_FILE.exists():
+            return {}
+        with THRESHOLDS_FILE.open("rb") as fh:
+            return tomllib.load(fh)
+    return load_config()
+
+
+def _end(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time())
+
+
+def read_known_reports(con: duckdb.DuckDBPyConnection, as_of: date, since: date) -> pl.DataFrame:
+    """Fraud reports known at the end of ``as_of`` whose fraud happened on or after ``since``."""
+    return _frame(
+        con,
+        """
+        SELECT report_id, card_token, txn_id, fraud_time, reported_at
+        FROM fraud_reports
+        WHERE reported_at < ? AND fraud_time >= ? AND card_token IS NOT NULL
+        """,
+        [_end(as_of), datetime.combine(since, time())],
+    )
+
+
+def read_reported_card_txns(
+    con: duckdb.DuckDBPyConnection, as_of: date, since: date, start: date
+) -> pl.DataFrame:
+    """Transactions from ``start`` to ``as_of`` of the cards in the known reports."""
+    return _frame(
+        con,
+        """
+        SELECT t.txn_id, t.terminal_id, t.card_token, t.card_bin, t.card_last4,
+               t.txn_time, t.txn_type, t.amount_minor
+        FROM transactions t
+        WHERE t.local_date BETWEEN ? AND ?
+          AND t.card_token IN (
+              SELECT card_token FROM fraud_reports
+              WHERE reported_at < ? AND fraud_time >= ? AND card_token IS NOT NULL)
+        """,
+        [start, as_of, _end(as_of), datetime.combine(since, time())],
+    )
+
+
+def read_terminal_cards(
+    con: duckdb.DuckDBPyConnection, start: date, end: date
+) -> tuple[pl.DataFrame, int]:
+    """``n_t`` (distinct cards per terminal) and all distinct cards over ``[start, end]``."""
+    per_terminal = _frame(
+        con,
+        """
+        SELECT terminal_id, count(DISTINCT card_token)::BIGINT AS n_cards
+        FROM transactions WHERE local_date BETWEEN ? AND ? GROUP BY terminal_id
+        """,
+        [start, end],
+    )
+    n_active = con.execute(
+        "SELECT count(DISTINCT card_token) FROM transactions WHERE local_date BETWEEN ? AND ?",
+        [start, end],
+    ).fetchone()[0]
+    return per_terminal, int(n_active or 0)
+
+
+def read_terminal_sales(con: duckdb.DuckDBPyConnection, start: date, end: date) -> pl.DataFrame:
+    """Sales count and amount per terminal over ``[start, end]`` (see ``models.hotspot``)."""
+    types = ", ".join(f"'{t}'" for t in SALE_TYPES)
+    return _frame(
+        con,
+        f"""
+        SELECT terminal_id, count(*)::BIGINT AS n_sales,
+               coalesce(sum(amount_minor), 0)::BIGINT AS sales_amount
+        FROM transactions
+        WHERE local_date BETWEEN ? AND ? AND txn_type IN ({types})
+        GROUP BY terminal_id
+        """,
+        [start, end],
+    )
+
+
+def read_period_txns(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
+    """Transactions at the compromised terminals inside their compromise periods."""
+    if periods.height == 0:
+        return pl.DataFrame(
+            schema={
+                "terminal_id": pl.String,
+                "card_token": pl.String,
+                "card_bin": pl.String,
+                "card_last4": pl.String,
+                "txn_time": pl.Datetime("us"),
+            }
+        )
+    con.register("_tg_cpp_periods", periods.to_arrow())
+    try:
+        return _frame(
+            con,
+            """
+            SELECT t.terminal_id, t.card_token, t.card_bin, t.card_last4, t.txn_time
+            FROM transactions t JOIN _tg_cpp_periods p USING (terminal_id)
+            WHERE t.local_date BETWEEN p.period_start AND p.period_end
+            """,
+        )
+    finally:
+        con.unregister("_tg_cpp_periods")
+
+
+def read_exposure_texts(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
+    """Free texts of ``as_of`` that contain the redaction marker (``TEXTS_SCHEMA``).
+
+    Registry texts count on every day their version is the current one.
+    """
+    m = PAN_REDACTION_MARKER
+    frame = _frame(
+        con,
+        """
+        SELECT terminal_id, 'terminal_events.detail' AS source, event_id AS evidence_id,
+               detail AS text
+        FROM terminal_events
+        WHERE event_time >= ? AND event_time < ? AND contains(detail, ?)
+        UNION ALL
+        SELECT terminal_id, 'terminal_events.extra', event_id, CAST(extra AS VARCHAR)
+        FROM terminal_events
+        WHERE event_time >= ? AND event_time < ? AND contains(CAST(extra AS VARCHAR), ?)
+        UNION ALL
+        SELECT terminal_id, 'transactions.extra', txn_id, CAST(extra AS VARCHAR)
+        FROM transactions
+        WHERE local_date = ? AND extra IS NOT NULL AND contains(CAST(extra AS VARCHAR), ?)
+        UNION ALL
+        SELECT terminal_id, src, 'registry:' || terminal_id || '@'
+               || strftime(updated_at, '%Y-%m-%dT%H:%M:%S'), txt
+        FROM (
+            SELECT terminal_id, updated_at, merchant_name, CAST(extra AS VARCHAR) AS extra_text,
+                   row_number() OVER (PARTITION BY terminal_id ORDER BY updated_at DESC) AS rn
+            FROM terminals WHERE updated_at < ?
+        ) cur,
+        LATERAL (VALUES ('terminals.merchant_name', merchant_name),
+                        ('terminals.extra', extra_text)) v(src, txt)
+        WHERE rn = 1 AND contains(txt, ?)
+        """,
+        [
+            datetime.combine(as_of, time()),
+            _end(as_of),
+            m,
+            datetime.combine(as_of, time()),
+            _end(as_of),
+            m,
+            as_of,
+            m,
+            _end(as_of),
+            m,
+        ],
+    )
+    return frame.rename(dict(zip(frame.columns, TEXTS_SCHEMA.names(), strict=True))).cast(
+        dict(TEXTS_SCHEMA)
+    )
+
+
+def run_leakage(
+    con: duckdb.DuckDBPyConnection, as_of: date, config: dict[str, Any] | None = None
+) -> LeakageResult:
+    """Run ``card_compromise``, ``fraud_hotspot`` and ``pan_exposure`` for day ``as_of``.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        An open TrialGuard database.
+    as_of : date
+        The run date; only reports known by its end are used.
+    config : dict, optional
+        Loaded thresholds (sections ``card_compromise``, ``fraud_hotspot``,
+        ``pan_exposure``); ``models/thresholds.toml`` when omitted.
+
+    Returns
+    -------
+    LeakageResult
+        Detections (``DETECTION_SCHEMA``), at-risk cards (``AT_RISK_SCHEMA``) and the
+        per-terminal statistics of the two statistical detectors.
+    """
+    cfg = _config(config)
+    cpp = CompromiseParams.from_config(cfg)
+    hot = HotspotParams.from_config(cfg)
+    exp = ExposureParams.from_config(cfg)
+
+    # reports and the reported cards' transactions, once for both detectors
+    cpp_start, _ = cpp.window(as_of)
+    hot_start, _ = hot.window(as_of)
+    since = min(as_of - timedelta(days=cpp.report_days), hot_start)
+    reports = read_known_reports(con, as_of, since)
+    card_txns = read_reported_card_txns(con, as_of, since, min(cpp_start, hot_start))
+
+    # card_compromise
+    terminal_cards, n_active = read_terminal_cards(con, cpp_start, as_of)
+    compromise = score_card_compromise(reports, card_txns, terminal_cards, n_active, as_of, cpp)
+    at_risk = at_risk_cards(read_period_txns(con, compromise.periods), compromise.periods, reports)
+
+    # fraud_hotspot
+    sales = read_terminal_sales(con, hot_start, as_of)
+    hotspot = score_fraud_hotspot(reports, card_txns, sales, as_of, hot)
+
+    # pan_exposure
+    exposure = score_pan_exposure(read_exposure_texts(con, as_of), as_of, exp)
+
+    detections = pl.concat(
+        [compromise.detections, hotspot.detections, exposure], how="vertical"
+    ).cast(dict(DETECTION_SCHEMA))
+    return LeakageResult(
+        detections, at_risk.cast(dict(AT_RISK_SCHEMA)), compromise.stats, hotspot.stats
+    )
+
+
+def run_leakage_detectors(
+    con: duckdb.DuckDBPyConnection, as_of: date, config: dict[str, Any] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Detections and at-risk cards of the leakage detectors for ``as_of``.
+
+    Returns
+    -------
+    tuple of pl.DataFrame
+        ``(detections, at_risk)``: ``DETECTION_SCHEMA`` rows (behaviours
+        ``card_compromise``, ``fraud_hotspot``, ``pan_exposure``, day ``as_of``) and
+        at-risk cards (``terminal_id, card_token, card_bin, card_last4, first_seen,
+        last_seen``; tokens only) of the ``card_compromise`` terminals.
+    """
+    result = run_leakage(con, as_of, config)
+    return result.detections, result.at_risk

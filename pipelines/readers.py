@@ -1,0 +1,444 @@
+"""Reading input files: format, compression and encoding detection, and a text view.
+
+:func:`sniff` makes one streaming pass over a file: its sha256 (the manifest's
+``file_id``), gzip detection by magic bytes, the format (Parquet ``PAR1``,
+JSON Lines starting with ``{``, else CSV; ``.toml`` is a policy set), and for
+CSV the encoding (UTF-8 with BOM, UTF-8, else GB18030) plus what it takes to
+number lines exactly. :func:`open_source` then exposes the file to DuckDB as a
+temporary view of text columns plus ``_line``:
+
+* CSV: the physical line on which the record starts (the header is line 1).
+  When the file has no quote character and no blank line, that is record
+  number + 1; otherwise the line starts are found with Python's ``csv`` module
+  (exact with quoted fields holding newlines, and blank lines).
+* JSON Lines: the record number (the line number when there are no blank lines).
+* Parquet: the record number (1-based).
+
+A file that cannot be read raises :class:`UnreadableFile` with a message that
+says what was found and what was expected; it never quotes file content.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from pipelines.cards import safe_message
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+_CHUNK = 16 << 20
+#: file extension (after removing ``.gz``) -> the format it claims
+EXTENSION_FORMATS = {
+    ".csv": "csv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".toml": "toml",
+}
+SOURCE_VIEW = "_tg_source"
+LINE_COLUMN = "_line"
+
+
+class UnreadableFile(ValueError):
+    """A file that cannot be read at all; it is rejected as a whole."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What :func:`sniff` learned about a file.
+
+    Attributes
+    ----------
+    path : Path
+    file_id : str
+        sha256 of the file's bytes.
+    size : int
+    format : str
+        ``csv``, ``parquet``, ``jsonl`` or ``toml``.
+    compression : str or None
+        ``gzip`` or ``None``.
+    encoding : str or None
+        For CSV: ``utf-8``, ``utf-8-sig`` or ``gb18030``.
+    simple_lines : bool
+        For CSV: no quote character and no blank line, so record *i* is on line *i* + 1.
+    """
+
+    path: Path
+    file_id: str
+    size: int
+    format: str
+    compression: str | None
+    encoding: str | None
+    simple_lines: bool
+
+
+def claimed_format(path: Path) -> tuple[str | None, bool]:
+    """Format the file name claims (``None`` if unknown) and whether it ends in ``.gz``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    gz = bool(suffixes) and suffixes[-1] in (".gz", ".gzip")
+    if gz:
+        suffixes = suffixes[:-1]
+    return (EXTENSION_FORMATS.get(suffixes[-1]) if suffixes else None), gz
+
+
+def _content_format(head: bytes) -> str:
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    text = head.lstrip(codecs.BOM_UTF8).lstrip()
+    if text.startswith(b"{"):
+        return "jsonl"
+    return "csv"
+
+
+class _Scan:
+    """Streaming statistics of a (decompressed) CSV byte stream."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.quote = False
+        self.blank = False
+        self.prev_tail = b""
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.utf8_ok = True
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self.head) < 4096:
+            self.head += chunk[: 4096 - len(self.head)]
+        if not self.quote and b'"' in chunk:
+            self.quote = True
+        if not self.blank:
+            window = self.prev_tail + chunk
+            if b"\n\n" in window or b"\n\r\n" in window:
+                self.blank = True
+        self.prev_tail = chunk[-2:]
+        if self.utf8_ok:
+            try:
+                self.utf8.decode(chunk)
+            except UnicodeDecodeError:
+                self.utf8_ok = False
+
+    def finish(self) -> None:
+        if self.utf8_ok:
+            try:
+                self.utf8.decode(b"", final=True)
+            except UnicodeDecodeError:
+                self.utf8_ok = False
+
+
+def sniff(path: str | Path) -> FileInfo:
+    """Hash a file and recognise its format, compression and (for CSV) encoding.
+
+    Raises
+    ------
+    UnreadableFile
+        Empty file, truncated or corrupt gzip, content that is not the format
+        the name claims, or a CSV that is neither UTF-8 nor GB18030.
+    """
+    path = Path(path)
+    claimed, named_gz = claimed_format(path)
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        first = fh.read(_CHUNK)
+        if not first:
+            raise UnreadableFile(f"{path.name} is empty (0 bytes); expected a header row or records")
+        gz = first.startswith(GZIP_MAGIC)
+        if named_gz and not gz:
+            raise UnreadableFile(
+                f"{path.name} is named .gz but is not gzip-compressed (no gzip magic bytes); "
+                "rename it or compress it"
+            )
+        if claimed == "toml" and not gz:
+            sha.update(first)
+            size += len(first)
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                sha.update(chunk)
+                size += len(chunk)
+            return FileInfo(path, sha.hexdigest(), size, "toml", None, "utf-8", True)
+        scan = _Scan()
+        inflate = zlib.decompressobj(wbits=47) if gz else None
+        chunk = first
+        try:
+            while chunk:
+                sha.update(chunk)
+                size += len(chunk)
+                data = chunk
+                if inflate is not None:
+                    data = inflate.decompress(chunk)
+                    # concatenated gzip members
+                    while inflate.eof and inflate.unused_data:
+                        rest = inflate.unused_data
+                        inflate = zlib.decompressobj(wbits=47)
+                        data += inflate.decompress(rest)
+                if data:
+                    scan.feed(data)
+                    if len(scan.head) >= 4 and scan.head.startswith(PARQUET_MAGIC):
+                        # Parquet needs no line scan; just finish the hash
+                        scan.utf8_ok = False
+                chunk = fh.read(_CHUNK)
+        except zlib.error as exc:
+            raise UnreadableFile(
+                f"{path.name} is not a valid gzip archive ({safe_message(str(exc))}); "
+                "re-export or re-compress the file"
+            ) from None
+        if inflate is not None and not inflate.eof:
+            raise UnreadableFile(
+                f"{path.name} is a truncated gzip archive (the compressed stream ends early); "
+                "copy the complete file again"
+            )
+        scan.finish()
+    fmt = _content_format(scan.head)
+    if claimed == "toml":
+        fmt = "toml"
+    elif claimed is not None and claimed != fmt:
+        raise UnreadableFile(
+            f"{path.name} is named as {claimed} but its content looks like {fmt}; "
+            f"expected {claimed} content (fix the file or its name)"
+        )
+    if not scan.head.strip(codecs.BOM_UTF8 + b" \r\n\t"):
+        raise UnreadableFile(f"{path.name} holds no data; expected a header row or records")
+    encoding = None
+    simple = True
+    if fmt == "csv":
+        if scan.head.startswith(codecs.BOM_UTF8):
+            encoding = "utf-8-sig"
+        elif scan.utf8_ok:
+            encoding = "utf-8"
+        else:
+            encoding = "gb18030"
+            if not _decodes(path, gz, "gb18030"):
+                raise UnreadableFile(
+                    f"{path.name} is neither UTF-8 nor GB18030 text; "
+                    "expected CSV in UTF-8, UTF-8 with BOM or GB18030"
+                )
+        simple = not scan.quote and not scan.blank
+    return FileInfo(path, sha.hexdigest(), size, fmt, "gzip" if gz else None, encoding, simple)
+
+
+def _decodes(path: Path, gz: bool, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, EOFError, OSError):
+        return False
+    return True
+
+
+def _text_stream(info: FileInfo) -> io.TextIOBase:
+    raw = gzip.open(info.path, "rb") if info.compression else open(info.path, "rb")
+    return io.TextIOWrapper(raw, encoding=info.encoding or "utf-8", newline="")
+
+
+def csv_line_starts(info: FileInfo) -> list[int]:
+    """Physical line on which each CSV record (after the header) starts."""
+    starts: list[int] = []
+    with _text_stream(info) as fh:
+        reader = csv.reader(fh)
+        prev = 0
+        header = True
+        for row in reader:
+            start = prev + 1
+            prev = reader.line_num
+            if not row:
+                continue  # a blank line: no record
+            if header:
+                header = False
+                continue
+            starts.append(start)
+    return starts
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def open_source(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
+    """Expose the file as the temporary view ``_tg_source`` (text columns plus ``_line``).
+
+    Returns
+    -------
+    list of str
+        The file's column names, in file order.
+
+    Raises
+    ------
+    UnreadableFile
+        When DuckDB cannot parse the file.
+    """
+    try:
+        if info.format == "csv":
+            return _open_csv(con, info)
+        if info.format == "jsonl":
+            return _open_jsonl(con, info)
+        if info.format == "parquet":
+            return _open_parquet(con, info)
+    except UnreadableFile:
+        raise
+    except (duckdb.Error, OSError, EOFError, ValueError) as exc:
+        raise UnreadableFile(
+            f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
+        ) from None
+    raise UnreadableFile(f"{info.path.name}: format {info.format!r} has no table reader")
+
+
+def close_source(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the view and any helper objects :func:`open_source` created."""
+    con.execute(f"DROP VIEW IF EXISTS {SOURCE_VIEW}")
+    for name in ("_tg_lines", "_tg_arrow"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        try:
+            con.unregister(name)
+        except (duckdb.Error, KeyError):
+            pass
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()]
+
+
+def _open_csv(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
+    if info.encoding == "gb18030":
+        return _open_csv_transcoded(con, info)
+    comp = "gzip" if info.compression else "none"
+    reader = (
+        f"read_csv({_sql_str(str(info.path))}, all_varchar=true, header=true, delim=',', "
+        f"quote='\"', escape='\"', compression='{comp}', encoding='utf-8', "
+        "auto_detect=false, null_padding=false, strict_mode=true)"
+    )
+    # auto_detect=false needs the column names: read them from the header line
+    with _text_stream(info) as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise UnreadableFile(f"{info.path.name} has no header row; expected CSV with a header")
+    names = [h.lstrip("\ufeff").strip() for h in header]
+    _check_names(info, names)
+    cols = ", ".join(f"{_sql_str(n)}: 'VARCHAR'" for n in names)
+    reader = reader[:-1] + f", columns={{{cols}}})"
+    return _finish_csv(con, info, reader, names)
+
+
+def _open_csv_transcoded(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
+    import polars as pl
+
+    with _text_stream(info) as fh:
+        text = fh.read()
+    frame = pl.read_csv(io.StringIO(text), infer_schema=False, has_header=True)
+    del text
+    names = [c.lstrip("\ufeff").strip() for c in frame.columns]
+    _check_names(info, names)
+    frame.columns = names
+    con.register("_tg_arrow", frame.to_arrow())
+    return _finish_csv(con, info, "_tg_arrow", names)
+
+
+def _finish_csv(con, info: FileInfo, relation: str, names: list[str]) -> list[str]:
+    cols = ", ".join(_ident(n) for n in names)
+    if info.simple_lines:
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, "
+            f"(row_number() OVER ()) + 1 AS {LINE_COLUMN} FROM {relation}"
+        )
+        return names
+    import pyarrow as pa
+
+    starts = csv_line_starts(info)
+    lines = pa.table({"_rn": list(range(1, len(starts) + 1)), "_start": starts})
+    con.register("_tg_lines", lines)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT s.* EXCLUDE (_rn), "
+        f"coalesce(l._start, s._rn + 1) AS {LINE_COLUMN} FROM "
+        f"(SELECT {cols}, row_number() OVER () AS _rn FROM {relation}) s "
+        "LEFT JOIN _tg_lines l USING (_rn)"
+    )
+    return names
+
+
+def _check_names(info: FileInfo, names: list[str]) -> None:
+    if any(not n for n in names):
+        raise UnreadableFile(
+            f"{info.path.name} has an empty column name in its header; "
+            "every column needs a name"
+        )
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UnreadableFile(
+            f"{info.path.name} repeats header column(s) {', '.join(dup)}; "
+            "every column name must be unique"
+        )
+
+
+def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
+    comp = "gzip" if info.compression else "none"
+    src = f"read_ndjson_objects({_sql_str(str(info.path))}, compression='{comp}')"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tg_lines AS SELECT json, "
+        f"row_number() OVER () AS {LINE_COLUMN} FROM {src}"
+    )
+    bad = con.execute(
+        f"SELECT min({LINE_COLUMN}) FROM _tg_lines WHERE json_type(json) <> 'OBJECT'"
+    ).fetchone()[0]
+    if bad is not None:
+        raise UnreadableFile(
+            f"{info.path.name} record {bad} is not a JSON object; "
+            "expected JSON Lines with one object per line"
+        )
+    names = [
+        r[0]
+        for r in con.execute(
+            "SELECT k FROM (SELECT unnest(json_keys(json)) AS k, "
+            f"{LINE_COLUMN} FROM _tg_lines) GROUP BY k ORDER BY min({LINE_COLUMN}), k"
+        ).fetchall()
+    ]
+    if not names:
+        raise UnreadableFile(f"{info.path.name} holds no JSON records with keys")
+    _check_names(info, [n.strip() for n in names])
+    cols = ", ".join(f"json ->> {_sql_str('$.' + _json_key(n))} AS {_ident(n)}" for n in names)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, {LINE_COLUMN} FROM _tg_lines"
+    )
+    return names
+
+
+def _json_key(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'
+
+
+def _open_parquet(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
+    if info.compression:
+        import pyarrow.parquet as pq
+
+        with gzip.open(info.path, "rb") as fh:
+            table = pq.read_table(io.BytesIO(fh.read()))
+        con.register("_tg_arrow", table)
+        names = list(table.column_names)
+        relation = "(SELECT *, row_number() OVER () - 1 AS file_row_number FROM _tg_arrow)"
+    else:
+        relation = f"read_parquet({_sql_str(str(info.path))}, file_row_number=true)"
+        names = [n for n in _columns_of(con, relation) if n != "file_row_number"]
+    _check_names(info, names)
+    cols = ", ".join(f"CAST({_ident(n)} AS VARCHAR) AS {_ident(n)}" for n in names)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, "
+        f"file_row_number + 1 AS {LINE_COLUMN} FROM {relation}"
+    )
+    return names

@@ -1,0 +1,31 @@
+"""Fixtures for pipeline tests.
+
+``prefect_harness`` (session scope, NOT autouse) starts ONE temporary local
+Prefect API server (SQLite under a temp folder, ~10 s) for the whole test
+session. Every test that runs a Prefect flow, task, deployment or runner must
+request it, by argument or with ``@pytest.mark.usefixtures("prefect_harness")``;
+never start another ``prefect_test_harness`` in a test module. Tests of plain
+functions should not request it, so they don't pay for the server start.
+
+Inside the harness ``PREFECT_API_URL`` points at that server, so flows run
+against a real API (states, logs, deployments, schedules) and nothing is written
+to the developer's own Prefect profile database.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary local Prefect API for the whole session (see the module docstring)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
