@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from features.schema import MAX_EVIDENCE
+from features.schema import MAX_EVIDENCE, POLARS_TYPES, TERMINAL_DAY_AGGREGATES
 
 #: Registry / peer-group attributes carried per terminal-day (first value of the day).
 ATTRIBUTE_COLUMNS: dict[str, pl.DataType] = {
@@ -27,79 +27,9 @@ ATTRIBUTE_COLUMNS: dict[str, pl.DataType] = {
 
 #: Numeric aggregates stored in ``terminal_day`` (name -> polars type).
 AGGREGATE_COLUMNS: dict[str, pl.DataType] = {
-    "n_txn": pl.Int64(),
-    "n_approved": pl.Int64(),
-    "n_cap": pl.Int64(),
-    "cap_amount": pl.Int64(),
-    "amount_mean": pl.Float64(),
-    "amount_std": pl.Float64(),
-    "amount_p50": pl.Float64(),
-    "amount_p90": pl.Float64(),
-    "amount_max": pl.Int64(),
-    "round_share": pl.Float64(),
-    "just_under_cap_share": pl.Float64(),
-    "credit_share": pl.Float64(),
-    "night_share": pl.Float64(),
-    "outside_hours_share": pl.Float64(),
-    "n_cards": pl.Int64(),
-    "max_same_card": pl.Int64(),
-    "top5_card_share": pl.Float64(),
-    "n_same_card_bursts": pl.Int64(),
-    "decline_rate": pl.Float64(),
-    "decline_card_rate": pl.Float64(),
-    "decline_pin_rate": pl.Float64(),
-    "decline_funds_rate": pl.Float64(),
-    "decline_technical_rate": pl.Float64(),
-    "n_technical": pl.Int64(),
-    "n_refund": pl.Int64(),
-    "refund_ratio": pl.Float64(),
-    "n_unmatched_refund": pl.Int64(),
-    "n_reversal": pl.Int64(),
-    "reversal_ratio": pl.Float64(),
-    "chip_share": pl.Float64(),
-    "contactless_share": pl.Float64(),
-    "qr_share": pl.Float64(),
-    "fallback_share": pl.Float64(),
-    "n_fallback": pl.Int64(),
-    "manual_share": pl.Float64(),
-    "n_mcc_mismatch": pl.Int64(),
-    "mcc_mismatch_share": pl.Float64(),
-    "n_mcc_switch": pl.Int64(),
-    "n_distinct_mcc": pl.Int64(),
-    "n_located": pl.Int64(),
-    "n_outside_geofence": pl.Int64(),
-    "distance_p50_km": pl.Float64(),
-    "distance_p95_km": pl.Float64(),
-    "distance_max_km": pl.Float64(),
-    "geofence_m": pl.Float64(),
-    "max_speed_kmh": pl.Float64(),
-    "n_impossible_hops": pl.Int64(),
-    "n_serials": pl.Int64(),
-    "n_ips": pl.Int64(),
-    "n_cells": pl.Int64(),
-    "n_serial_mismatch": pl.Int64(),
-    "n_serial_switch": pl.Int64(),
-    "n_serial_back_switch": pl.Int64(),
-    "n_ip_back_switch": pl.Int64(),
-    "n_cell_back_switch": pl.Int64(),
-    "n_stan_repeat": pl.Int64(),
-    "n_stan_conflict": pl.Int64(),
-    "n_stan_out_of_order": pl.Int64(),
-    "n_unregistered": pl.Int64(),
-    "n_over_txn_cap": pl.Int64(),
-    "n_over_daily_amount": pl.Int64(),
-    "n_over_daily_count": pl.Int64(),
-    "n_over_same_card": pl.Int64(),
-    "n_disallowed_card_type": pl.Int64(),
-    "n_disallowed_txn_type": pl.Int64(),
-    "n_disallowed_entry_mode": pl.Int64(),
-    "n_disallowed_entry_nonfallback": pl.Int64(),
-    "n_outside_hours": pl.Int64(),
-    "max_cards_window": pl.Int64(),
-    "testing_cards": pl.Int64(),
-    "testing_decline_rate": pl.Float64(),
-    "testing_median_amount": pl.Float64(),
-    "n_sequential_cards": pl.Int64(),
+    name: POLARS_TYPES[dtype]
+    for name, dtype in TERMINAL_DAY_AGGREGATES.items()
+    if name != "n_implausible_time"  # counted by the run step (needs other days' files)
 }
 
 #: Behaviours whose evidence comes from per-transaction flags.

@@ -27,7 +27,7 @@ MAX_DIGITS = 19
 
 # A run of digits in which single spaces or dashes may separate digits. The
 # look-arounds stop a match from starting or ending inside a longer digit run.
-_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,%d}(?![0-9])" % (MAX_DIGITS - 1))
+_RUN = re.compile(rf"(?<![0-9])[0-9](?:[ -]?[0-9]){{11,{MAX_DIGITS - 1}}}(?![0-9])")
 # Rust-regex pre-filter (no look-arounds): at least 12 digits, single separators.
 CANDIDATE_PATTERN = r"[0-9](?:[ -]?[0-9]){11,}"
 

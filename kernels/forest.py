@@ -47,7 +47,8 @@ class PackedForest(NamedTuple):
     heap_depth : int
         Depth of the complete-tree copy below, 0 when the trees are too deep for it.
     heap_feature, heap_threshold, heap_missing_left : numpy.ndarray, shape (n_trees, 2**d - 1)
-        The same trees padded to complete binary trees of depth ``d = heap_depth`` in
+        The same trees (thresholds as the largest float32 not above the float64 one,
+        which decides a float32 ``x`` identically) padded to complete binary trees of depth ``d = heap_depth`` in
         heap order (children of node j are ``2j + 1`` and ``2j + 2``): every row takes
         exactly ``d`` steps, which lets the CPU overlap many rows. A padding node sends
         everything left (threshold ``+inf``, NaN left).
@@ -124,6 +125,14 @@ def _breadth_first(left: np.ndarray, right: np.ndarray) -> np.ndarray:
             order[tail + 1] = right[node]
             tail += 2
     return order
+
+
+def _float32_floor(threshold: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each threshold: for a float32 x, x <= t iff x <= floor32(t)."""
+    t32 = threshold.astype(np.float32)
+    above = t32.astype(np.float64) > threshold
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
 
 
 def _to_heap(feature, threshold, left, missing, leaf, depth):
@@ -234,6 +243,8 @@ def pack_isolation_forest(model, heap_max_depth: int = 14) -> PackedForest:
                 strict=True,
             ):
                 store.append(arr)
+    if not heap_depth:
+        heap = [[np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0, bool)], [np.zeros(0)]]
     return PackedForest(
         tree_offsets=np.asarray(offsets, dtype=np.int64),
         feature=np.concatenate(parts["feature"]),
@@ -244,7 +255,9 @@ def pack_isolation_forest(model, heap_max_depth: int = 14) -> PackedForest:
         leaf_value=np.concatenate(parts["leaf"]),
         heap_depth=heap_depth,
         heap_feature=np.array(heap[0], dtype=np.int64).reshape(len(heap[0]), -1),
-        heap_threshold=np.array(heap[1], dtype=np.float64).reshape(len(heap[1]), -1),
+        heap_threshold=_float32_floor(np.array(heap[1], dtype=np.float64)).reshape(
+            len(heap[1]), -1
+        ),
         heap_missing_left=np.array(heap[2], dtype=np.bool_).reshape(len(heap[2]), -1),
         heap_leaf_value=np.array(heap[3], dtype=np.float64).reshape(len(heap[3]), -1),
         max_samples=max_samples,
@@ -253,7 +266,7 @@ def pack_isolation_forest(model, heap_max_depth: int = 14) -> PackedForest:
     )
 
 
-_BLOCK = 512  # rows scored together, tree after tree, so one tree stays in L1 cache
+_BLOCK = 2048  # rows scored together, tree after tree, so one tree stays in L1 cache
 
 
 @pjit
@@ -284,34 +297,42 @@ def _score_samples(X, tree_offsets, feature, threshold, left, missing_left, leaf
                 out[i] = -0.5
 
 
+_TILE = 64  # rows descending a tree together (independent loads overlap)
+
+
 @pjit
-def _score_samples_heap(X, feature, threshold, missing_left, leaf_value, depth, denom, out):
-    n = X.shape[0]
-    n_trees = feature.shape[0]
-    n_inner = feature.shape[1]
-    n_blocks = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
-        total = np.zeros(hi - lo)
-        node = np.empty(hi - lo, dtype=np.int64)
-        # Trees are summed in order, as scikit-learn accumulates them, for equal rounding.
-        for k in range(n_trees):
-            node[:] = 0
-            # Level by level over the block: rows are independent, so loads overlap.
-            for _ in range(depth):
-                for r in range(hi - lo):
-                    j = node[r]
-                    x = X[lo + r, feature[k, j]]
-                    go_right = not (x <= threshold[k, j] or (x != x and missing_left[k, j]))
-                    node[r] = 2 * j + 1 + go_right
-            for r in range(hi - lo):
-                total[r] += leaf_value[k, node[r] - n_inner]
-        for r in range(hi - lo):
-            if denom != 0.0:
-                out[lo + r] = -(2.0 ** (-total[r] / denom))
-            else:
-                out[lo + r] = -0.5
+def _score_samples_heap(Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out):
+    # Flat arrays and unsigned indices: no negative-index wraparound on the hot path.
+    n = out.shape[0]
+    n_trees = feature.shape[0] // ((1 << depth) - 1)
+    n_inner = np.uint64((1 << depth) - 1)
+    n_chunks = (n + _BLOCK - 1) // _BLOCK
+    one = np.uint64(1)
+    for c in prange(n_chunks):
+        nodes = np.zeros(_TILE, dtype=np.uint64)
+        total = np.zeros(_TILE)
+        for lo in range(c * _BLOCK, min(c * _BLOCK + _BLOCK, n), _TILE):
+            m = min(_TILE, n - lo)
+            total[:] = 0.0
+            # Trees are summed in order, as scikit-learn accumulates them, for equal rounding.
+            for k in range(n_trees):
+                base = np.uint64(k) * n_inner
+                nodes[:] = 0
+                for _ in range(depth):
+                    for r in range(m):
+                        j = base + nodes[r]
+                        x = Xf[np.uint64((lo + r) * n_cols) + np.uint64(feature[j])]
+                        # NaN fails the comparison, so it goes right unless missing_left.
+                        go_left = (x <= threshold[j]) | ((x != x) & missing_left[j])
+                        nodes[r] = nodes[r] + nodes[r] + one + np.uint64(not go_left)
+                leaf = np.uint64(k) * (n_inner + one) - n_inner
+                for r in range(m):
+                    total[r] += leaf_value[leaf + nodes[r]]
+            for r in range(m):
+                if denom != 0.0:
+                    out[lo + r] = -(2.0 ** (-total[r] / denom))
+                else:
+                    out[lo + r] = -0.5
 
 
 def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
@@ -346,11 +367,12 @@ def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
     denom = (packed.tree_offsets.shape[0] - 1) * c
     if packed.heap_depth:
         _score_samples_heap(
-            X,
-            packed.heap_feature,
-            packed.heap_threshold,
-            packed.heap_missing_left,
-            packed.heap_leaf_value,
+            X.ravel(),
+            X.shape[1],
+            packed.heap_feature.ravel(),
+            packed.heap_threshold.ravel(),
+            packed.heap_missing_left.ravel(),
+            packed.heap_leaf_value.ravel(),
             packed.heap_depth,
             denom,
             out,

@@ -288,6 +288,86 @@ def fmt(expr: pl.Expr, digits: int) -> pl.Expr:
     return expr.round(digits).cast(pl.String)
 
 
+def _terminal_tests(
+    visits: pl.DataFrame, n_frame: pl.DataFrame, removed: pl.DataFrame, base: float
+) -> pl.DataFrame:
+    """k_t, n_t (less the removed cards seen at t), lift and binomial tail per terminal."""
+    per_terminal = visits.group_by("terminal_id").agg(
+        pl.col("card_token").n_unique().cast(pl.Int64).alias("k"),
+        pl.col("txn_time").min().dt.date().alias("period_start"),
+        pl.col("txn_time").max().dt.date().alias("period_end"),
+        pl.col("txn_id").sort_by("txn_time").head(MAX_EVIDENCE).alias("evidence"),
+    )
+    gone = removed.group_by("terminal_id").agg(pl.len().cast(pl.Int64).alias("gone"))
+    stats = (
+        n_frame.join(per_terminal, on="terminal_id", how="left")
+        .join(gone, on="terminal_id", how="left")
+        .with_columns(pl.col("k", "gone").fill_null(0))
+        # a card seen in its window is also counted in n_t; guard against inconsistent inputs
+        .with_columns(pl.max_horizontal(pl.col("n") - pl.col("gone"), "k").alias("n"))
+        .drop("gone")
+        .sort("terminal_id")
+    )
+    p_values = binomial_tail(stats["k"].to_numpy(), stats["n"].to_numpy(), base)
+    return stats.with_columns(
+        pl.lit(base).alias("base_rate"),
+        (pl.col("k") / (pl.col("n") * base)).fill_nan(0.0).alias("lift"),
+        pl.Series("p_value", p_values),
+    )
+
+
+def _explain_away(
+    visits: pl.DataFrame,
+    presence: pl.DataFrame,
+    n_frame: pl.DataFrame,
+    n_active: int,
+    params: CompromiseParams,
+) -> pl.DataFrame:
+    """Select CPPs one at a time; each one's F-cards are explained and leave the data.
+
+    A compromised card also shops at its owner's other usual terminals, so those
+    terminals share many F-cards with the real point of compromise and look like
+    CPPs too. The terminal that explains the most (smallest tail probability) is
+    taken first; its F-cards are then removed (from ``k``, ``n`` and the base rate)
+    before the next terminal is judged, so a terminal is only a CPP on the cards the
+    earlier ones do not explain. Candidates must pass the Benjamini-Hochberg bound
+    for their rank (``p <= q r / m``), ``k >= min_cards`` and ``lift >= min_lift``.
+    """
+    m = n_frame.height
+    n_fraud = visits.get_column("card_token").n_unique()
+    explained = pl.Series("card_token", [], dtype=pl.String)
+    selected: list[pl.DataFrame] = []
+    while True:
+        left_visits = visits.filter(~pl.col("card_token").is_in(explained.implode()))
+        removed = presence.filter(pl.col("card_token").is_in(explained.implode()))
+        n_left = n_fraud - explained.len()
+        active_left = n_active - explained.len()
+        if n_left <= 0 or active_left <= 0:
+            stats = _terminal_tests(left_visits, n_frame, removed, 1.0)
+            break
+        stats = _terminal_tests(left_visits, n_frame, removed, min(n_left / active_left, 1.0))
+        done = [s.item(0, "terminal_id") for s in selected]
+        rank = len(selected) + 1
+        candidates = stats.filter(
+            ~pl.col("terminal_id").is_in(done)
+            & (pl.col("k") >= params.min_cards)
+            & (pl.col("lift") >= params.min_lift)
+            & (pl.col("p_value") <= params.fdr_q * rank / m)
+        )
+        if candidates.height == 0:
+            break
+        best = candidates.sort(["p_value", "terminal_id"]).head(1)
+        selected.append(best)
+        cards = left_visits.filter(pl.col("terminal_id") == best.item(0, "terminal_id"))
+        explained = pl.concat([explained, cards.get_column("card_token").unique()])
+    done = [s.item(0, "terminal_id") for s in selected]
+    rest = stats.filter(~pl.col("terminal_id").is_in(done)).with_columns(
+        pl.lit(False).alias("selected")
+    )
+    chosen = [s.with_columns(pl.lit(True).alias("selected")) for s in selected]
+    return pl.concat([*chosen, rest], how="vertical").sort("terminal_id")
+
+
 def score_card_compromise(
     reports: pl.DataFrame,
     card_txns: pl.DataFrame,
@@ -329,37 +409,20 @@ def score_card_compromise(
     n_fraud_cards = visits.get_column("card_token").n_unique()
     if n_active_cards <= 0 or n_fraud_cards == 0 or terminal_cards.height == 0:
         return _empty_result()
-    base = min(n_fraud_cards / n_active_cards, 1.0)
-
-    per_terminal = visits.group_by("terminal_id").agg(
-        pl.col("card_token").n_unique().cast(pl.Int64).alias("k"),
-        pl.col("txn_time").min().dt.date().alias("period_start"),
-        pl.col("txn_time").max().dt.date().alias("period_end"),
-        pl.col("txn_id").sort_by("txn_time").head(MAX_EVIDENCE).alias("evidence"),
+    start, _ = params.window(as_of)
+    # every terminal each F-card used in the analysis window (n_t counts them too)
+    presence = (
+        card_txns.filter(pl.col("txn_time").dt.date().is_between(start, as_of))
+        .join(visits.select("card_token").unique(), on="card_token", how="semi")
+        .select("terminal_id", "card_token")
+        .unique()
     )
-    stats = (
-        terminal_cards.select("terminal_id", pl.col("n_cards").cast(pl.Int64).alias("n"))
-        .join(per_terminal, on="terminal_id", how="left")
-        .with_columns(pl.col("k").fill_null(0))
-        # a card seen in its window is also counted in n_t; guard against inconsistent inputs
-        .with_columns(pl.max_horizontal("n", "k").alias("n"))
-        .sort("terminal_id")
-    )
-    k = stats.get_column("k").to_numpy()
-    n = stats.get_column("n").to_numpy()
-    p_values = binomial_tail(k, n, base)
-    q_values = bh_adjust(p_values)
-    stats = stats.with_columns(
-        pl.lit(base).alias("base_rate"),
-        (pl.col("k") / (pl.col("n") * base)).alias("lift"),
-        pl.Series("p_value", p_values),
-        pl.Series("q_value", q_values),
-    ).with_columns(
-        (
-            (pl.col("k") >= params.min_cards)
-            & (pl.col("lift") >= params.min_lift)
-            & (pl.col("q_value") <= params.fdr_q)
-        ).alias("flagged")
+    n_frame = terminal_cards.select("terminal_id", pl.col("n_cards").cast(pl.Int64).alias("n"))
+    m = n_frame.height
+    stats = _explain_away(visits, presence, n_frame, n_active_cards, params)
+    q_values = bh_adjust(stats.get_column("p_value").to_numpy())
+    stats = stats.with_columns(pl.Series("q_value", q_values)).with_columns(
+        (pl.col("selected") & (pl.col("q_value") <= params.fdr_q)).alias("flagged")
     )
     hits = stats.filter(pl.col("flagged"))
     m = stats.height

@@ -72,7 +72,7 @@ class HotspotParams:
     lookback_days: int = 30
     match_minutes: int = 10
     min_fraud: int = 3
-    min_lift: float = 10.0
+    min_lift: float = 5.0
     fdr_q: float = 0.05
 
     def __post_init__(self) -> None:

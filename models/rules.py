@@ -672,6 +672,8 @@ def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     fallback_fires = (pl.col("n_fallback") >= int(fb["min_txns"])) & (
         pl.col("fallback_share") > float(fb["rate"])
     )
+    if not bool(cfg["disallowed_use"].get("fallback_only_in_fallback_abuse", False)):
+        fallback_fires = pl.lit(False)
     names = day.collect_schema().names()
     out = day.with_columns(
         pl.when(fallback_fires)

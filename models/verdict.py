@@ -163,9 +163,7 @@ def recommend(facts: TerminalFacts, min_active_days: int = 5) -> Verdict:
         f for f in serious if f.status in UNRESOLVED_STATUSES and f.severity in HIGH_SEVERITIES
     ]
     open_serious_low = [
-        f
-        for f in serious
-        if f.status in UNRESOLVED_STATUSES and f.severity not in HIGH_SEVERITIES
+        f for f in serious if f.status in UNRESOLVED_STATUSES and f.severity not in HIGH_SEVERITIES
     ]
     non_compliance = [
         f for f in flags if f.category == "non_compliance" and f.status != "dismissed"

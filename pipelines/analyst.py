@@ -262,12 +262,16 @@ def query_flags(
     """
     _check_codes("behaviour", list(behaviours), tuple(BEHAVIOURS))
     _check_codes("category", list(categories), CATEGORIES)
-    _check_codes("severity", list(severities) + ([min_severity] if min_severity else []), SEVERITIES)
+    _check_codes(
+        "severity", list(severities) + ([min_severity] if min_severity else []), SEVERITIES
+    )
     _check_codes("status", list(statuses), FLAG_STATUSES)
     as_of = as_of or on
-    rank = "CASE severity " + " ".join(
-        f"WHEN '{s}' THEN {i}" for i, s in enumerate(SEVERITIES)
-    ) + " END"
+    rank = (
+        "CASE severity "
+        + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(SEVERITIES))
+        + " END"
+    )
     where, params = ["TRUE"], []
     if on is not None:
         where.append("first_seen <= ? AND last_seen >= ?")
@@ -329,8 +333,17 @@ def format_flags_table(rows: Sequence[Mapping[str, Any]], title: str = "Flags") 
     from rich.table import Table
 
     table = Table(title=f"{title} ({len(rows)})", show_lines=False)
-    for name in ("flag", "terminal", "merchant", "behaviour", "severity", "score", "seen",
-                 "status", "why"):
+    for name in (
+        "flag",
+        "terminal",
+        "merchant",
+        "behaviour",
+        "severity",
+        "score",
+        "seen",
+        "status",
+        "why",
+    ):
         table.add_column(name, overflow="fold")
     for r in rows:
         table.add_row(
@@ -351,7 +364,9 @@ def format_flags_table(rows: Sequence[Mapping[str, Any]], title: str = "Flags") 
 
 def add_flags_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``trialguard flags``."""
-    parser.add_argument("--date", type=date.fromisoformat, help="flags whose episode covers this day")
+    parser.add_argument(
+        "--date", type=date.fromisoformat, help="flags whose episode covers this day"
+    )
     parser.add_argument("--since", type=date.fromisoformat, help="flags seen on or after this day")
     parser.add_argument("--behaviour", action="append", help="behaviour code(s), comma separated")
     parser.add_argument("--category", action="append", help="category(ies), comma separated")
@@ -397,8 +412,16 @@ def main_flags(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "csv":
         emit(to_csv(rows, FLAG_LIST_COLUMNS), args.out, bom=args.out is not None)
     elif args.format == "json":
-        emit(to_json([{c: r.get(c) for c in (*FLAG_LIST_COLUMNS, "evidence")} | {
-            "reasons": r["reasons_list"]} for r in rows]), args.out)
+        emit(
+            to_json(
+                [
+                    {c: r.get(c) for c in (*FLAG_LIST_COLUMNS, "evidence")}
+                    | {"reasons": r["reasons_list"]}
+                    for r in rows
+                ]
+            ),
+            args.out,
+        )
     else:
         emit(format_flags_table(rows), args.out)
     return 0
@@ -508,8 +531,9 @@ def case_file(
             if found:
                 policy = found[0] | {"body": _loads(found[0]["body"], {})}
                 policy["applies_because"] = (
-                    "registered policy" if pid == current["policy_id"] else
-                    f"policy {current['policy_id']!r} is not loaded; the default applies"
+                    "registered policy"
+                    if pid == current["policy_id"]
+                    else f"policy {current['policy_id']!r} is not loaded; the default applies"
                 )
                 break
 
@@ -519,8 +543,10 @@ def case_file(
     if reg_lat is not None and reg_lon is not None:
         # float() makes the registered coordinates safe to inline as SQL literals.
         distance = HAVERSINE_M.format(
-            lat1=repr(float(reg_lat)), lon1=repr(float(reg_lon)),
-            lat2="t.terminal_lat", lon2="t.terminal_lon",
+            lat1=repr(float(reg_lat)),
+            lon1=repr(float(reg_lon)),
+            lat2="t.terminal_lat",
+            lon2="t.terminal_lon",
         )
     evidence_txns: list[dict[str, Any]] = []
     if evidence_ids:
@@ -643,8 +669,18 @@ def format_case_file(case: Mapping[str, Any]) -> str:
             f"trial {cur['trial_start']} .. {cur['trial_end']} | policy {cur['policy_id']}"
         )
     reg = Table(title="Registry versions (newest first)")
-    reg_cols = ("updated_at", "status", "merchant_name", "registered_mcc", "serial_number",
-                "registered_lat", "registered_lon", "policy_id", "trial_start", "trial_end")
+    reg_cols = (
+        "updated_at",
+        "status",
+        "merchant_name",
+        "registered_mcc",
+        "serial_number",
+        "registered_lat",
+        "registered_lon",
+        "policy_id",
+        "trial_start",
+        "trial_end",
+    )
     for c in reg_cols:
         reg.add_column(c, overflow="fold")
     for r in case["registry"]:
@@ -683,18 +719,38 @@ def format_case_file(case: Mapping[str, Any]) -> str:
         tl.add_column(c)
     for d in case["timeline"]:
         tl.add_row(
-            str(d["day"]), str(d["txn_count"]), str(d["approved_count"]), str(d["declined_count"]),
-            str(d["approved_amount_minor"]), str(d["distinct_cards"]), ", ".join(d["behaviours"]),
+            str(d["day"]),
+            str(d["txn_count"]),
+            str(d["approved_count"]),
+            str(d["declined_count"]),
+            str(d["approved_amount_minor"]),
+            str(d["distinct_cards"]),
+            ", ".join(d["behaviours"]),
         )
     console.print(tl)
     et = Table(title=f"Evidence transactions ({len(case['evidence_transactions'])})")
-    for c in ("txn_id", "time", "type", "amount", "card", "entry", "mcc", "resp", "distance",
-              "flags"):
+    for c in (
+        "txn_id",
+        "time",
+        "type",
+        "amount",
+        "card",
+        "entry",
+        "mcc",
+        "resp",
+        "distance",
+        "flags",
+    ):
         et.add_column(c, overflow="fold")
     for t in case["evidence_transactions"]:
         et.add_row(
-            str(t["txn_id"]), str(t["txn_time"]), str(t["txn_type"]), str(t["amount_minor"]),
-            t["card"], f"{t['entry_mode']} {t['entry_mode_name']}", str(t["mcc"]),
+            str(t["txn_id"]),
+            str(t["txn_time"]),
+            str(t["txn_type"]),
+            str(t["amount_minor"]),
+            t["card"],
+            f"{t['entry_mode']} {t['entry_mode_name']}",
+            str(t["mcc"]),
             str(t["response_code"]),
             "" if t["distance_m"] is None else f"{t['distance_m'] / 1000:.1f} km",
             ", ".join(t["flag_ids"]),
@@ -717,8 +773,8 @@ def _reason_line(r: Any) -> str:
         return str(r)
     extra = ""
     if r.get("observed") is not None:
-        extra = f" (observed {r['observed']:g}"
-        extra += f", threshold {r['threshold']:g})" if r.get("threshold") is not None else ")"
+        extra = f" (observed {r['observed']:.6g}"
+        extra += f", threshold {r['threshold']:.6g})" if r.get("threshold") is not None else ")"
     return f"{r.get('text') or r.get('code')}{extra}"
 
 
@@ -736,7 +792,9 @@ def main_show(args: argparse.Namespace, settings: Settings) -> int:
     try:
         con = open_db(settings)
         try:
-            case = case_file(con, args.terminal_id, as_of=args.date, max_evidence=args.max_evidence)
+            case = case_file(
+                con, args.terminal_id, as_of=args.date, max_evidence=args.max_evidence
+            )
         finally:
             con.close()
     except (AnalystError, FileNotFoundError) as exc:

@@ -48,9 +48,7 @@ def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
 
 def token_sql(pan_sql: str, ipad_param: str = "$ipad", opad_param: str = "$opad") -> str:
     """DuckDB expression computing the card token of ``pan_sql`` from the pad parameters."""
-    return (
-        f"sha256({opad_param}::BLOB || unhex(sha256({ipad_param}::BLOB || ({pan_sql})::BLOB)))"
-    )
+    return f"sha256({opad_param}::BLOB || unhex(sha256({ipad_param}::BLOB || ({pan_sql})::BLOB)))"
 
 
 def mask_pan_sql(value_sql: str) -> str:

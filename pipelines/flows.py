@@ -33,6 +33,7 @@ import hashlib
 import json
 import subprocess
 import time
+import typing
 import uuid
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
@@ -49,6 +50,8 @@ MAX_BACKFILL_DAYS = 31
 #: Commands whose successful runs count as "detection done for as_of".
 DETECTION_COMMANDS = ("nightly", "run")
 _HASH_CHUNK = 1 << 20
+#: Detection counts shown per night in the command's summary.
+SUMMARY_DETECT_KEYS = ("transactions", "detections", "flags", "new_flags", "at_risk_cards")
 
 
 # ---------------------------------------------------------------------------
@@ -102,16 +105,12 @@ def config_version_of(config_path: str | Path | None) -> str:
     return config_version(load_config(config_path))
 
 
-def policy_version(con) -> str:
-    """sha256 over the latest loaded version of every policy (``"none"`` if none loaded)."""
-    rows = con.execute(
-        "SELECT policy_id, arg_max(version, loaded_at) FROM policies "
-        "GROUP BY policy_id ORDER BY policy_id"
-    ).fetchall()
-    if not rows:
-        return "none"
-    canonical = json.dumps([[p, v] for p, v in rows], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def policy_version_of(con) -> str:
+    """Version of the policies in force (as detection records it), ``"none"`` if none loaded."""
+    from pipelines.detect import load_policies, policy_version
+
+    policies = load_policies(con)
+    return policy_version(policies) if policies else "none"
 
 
 def landing_inputs(landing: str | Path) -> list[dict[str, Any]]:
@@ -309,7 +308,7 @@ def finish_run(
                 finished,
                 status,
                 json.dumps(list(inputs or []), default=str),
-                policy_version(con),
+                policy_version_of(con),
                 json.dumps(_as_int_counts(row_counts), default=str),
                 round(duration_s, 3),
                 message[:2000],
@@ -359,14 +358,25 @@ def _tasks():
             landing, c["files_seen"], c["files_new"],
             {k: v for k, v in c.items() if k not in ("files_seen", "files_new")},
         )  # fmt: skip
+        if c.get("files_rejected") or c.get("gates_failed"):
+            get_run_logger().warning(
+                "%d file(s) rejected and %d quality gate(s) failed: see ingest_manifest, "
+                "gate_results and quarantine; detection goes on with what was loaded",
+                c.get("files_rejected", 0), c.get("gates_failed", 0),
+            )  # fmt: skip
         return out
 
     @task(name="detect", task_run_name="detect {day}", retries=1, retry_delay_seconds=10,
           cache_policy=NO_CACHE)  # fmt: skip
     def detect_task(settings: Settings, day: date, config: dict | None, run_id: str) -> dict:
-        counts = detect_day(settings, day, config, run_id)
-        get_run_logger().info("detect %s: %s", day, counts)
-        return counts
+        c = detect_day(settings, day, config, run_id)
+        get_run_logger().info(
+            "detect %s: %d transactions, %d detections, %d flags touched (%d new), "
+            "%d at-risk cards; by behaviour %s",
+            day, c.get("transactions", 0), c.get("detections", 0), c.get("flags", 0),
+            c.get("new_flags", 0), c.get("at_risk_cards", 0), c.get("by_behaviour", {}),
+        )  # fmt: skip
+        return c
 
     @task(name="write report", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
     def report_task(settings: Settings, as_of: date) -> str | None:
@@ -410,6 +420,8 @@ def _nightly_body(
         counts: dict[str, Any] = {}
         inputs: list[dict] = []
         try:
+            if not Path(landing).is_dir():  # not worth the I/O retries of the ingest task
+                landing_inputs(landing)
             # 1. ingest: new landing files -> validate -> load (quarantine what fails)
             ingested = t["ingest"](settings, landing)
             inputs, counts["ingest"] = ingested["inputs"], ingested["counts"]
@@ -426,7 +438,9 @@ def _nightly_body(
                 from models.config import load_config
 
                 cfg = load_config(config)
-            counts["detect"] = {str(d): t["detect"](settings, d, cfg, run_id) for d in days}
+            counts["detect"] = {
+                str(d): t["detect"](settings, d, cfg, f"{run_id}-detect-{d}") for d in days
+            }
             # 3. report
             if report:
                 counts["report"] = {"path": t["report"](settings, as_of)}
@@ -448,7 +462,6 @@ def _nightly_body(
 def _build_nightly_flow():
     from prefect import flow
 
-    @flow(name="nightly", flow_run_name="nightly {as_of}", log_prints=True)
     def nightly(
         as_of: date | None = None,
         landing: str = "data/landing",
@@ -463,7 +476,12 @@ def _build_nightly_flow():
         """
         return _nightly_body(as_of, landing, db, config, report, max_backfill_days)
 
-    return nightly
+    fn = nightly
+    # Resolve the string annotations (``from __future__ import annotations``) now: a
+    # Runner ships the flow to its worker process by value, without this module's
+    # globals, and Prefect builds the parameter model from these annotations there.
+    fn.__annotations__ = typing.get_type_hints(fn)
+    return flow(name="nightly", flow_run_name="nightly {as_of}", log_prints=True)(fn)
 
 
 def nightly_flow():
@@ -509,12 +527,15 @@ async def build_runner(
     timezone: str = DEFAULT_TIMEZONE,
     config: str | Path | None = None,
     name: str = DEPLOYMENT_NAME,
+    poll_seconds: float | None = None,
 ):
     """A Prefect ``Runner`` serving the nightly deployment on a cron schedule.
 
     Returns ``(runner, deployment_id)``; ``await runner.start()`` serves it
     (``trialguard serve`` does this until interrupted). A coroutine, because the
-    Runner must be built and started on the same event loop.
+    Runner must be built and started on the same event loop. ``poll_seconds``:
+    how often the runner asks the API for due runs (default Prefect's
+    ``PREFECT_RUNNER_POLL_FREQUENCY``, 10 s).
     """
     from prefect.deployments.runner import EntrypointType
     from prefect.runner import Runner
@@ -527,7 +548,7 @@ async def build_runner(
             f"unknown time zone {timezone!r} for the schedule; use an IANA name such as "
             f"{DEFAULT_TIMEZONE!r}"
         ) from exc
-    runner = Runner(name=f"{name}-runner", pause_on_shutdown=False)
+    runner = Runner(name=f"{name}-runner", pause_on_shutdown=False, query_seconds=poll_seconds)
     deployment_id = await runner.aadd_flow(
         nightly_flow(),
         name=name,
@@ -628,8 +649,10 @@ def main_nightly(args: argparse.Namespace, settings: Settings) -> int:
     for key, value in counts.get("ingest", {}).items():
         if isinstance(value, (int, float)):
             rows[f"ingest {key}"] = value
-    for day, day_counts in counts.get("detect", {}).items():
-        rows[f"detect {day}"] = ", ".join(f"{k}={v}" for k, v in day_counts.items()) or "done"
+    for day, c in counts.get("detect", {}).items():
+        rows[f"detect {day}"] = ", ".join(
+            f"{c[k]:,} {k.replace('_', ' ')}" for k in SUMMARY_DETECT_KEYS if k in c
+        )
     if counts.get("report", {}).get("path"):
         rows["report"] = counts["report"]["path"]
     rows["duration"] = f"{out['duration_s']:.1f}s"

@@ -46,9 +46,11 @@ class LeakageResult(NamedTuple):
     hotspot_stats: pl.DataFrame
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+def _frame(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> pl.DataFrame:
     """Run ``sql`` and return the result as a polars frame."""
-    return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
+    return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
 
 
 def _config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -113,10 +115,11 @@ def read_terminal_cards(
         """,
         [start, end],
     )
-    n_active = con.execute(
-        "SELECT count(DISTINCT card_token) FROM transactions WHERE local_date BETWEEN ? AND ?",
+    n_active = _frame(
+        con,
+        "SELECT count(DISTINCT card_token) AS n FROM transactions WHERE local_date BETWEEN ? AND ?",
         [start, end],
-    ).fetchone()[0]
+    ).item()
     return per_terminal, int(n_active or 0)
 
 

@@ -153,7 +153,9 @@ def sniff(path: str | Path) -> FileInfo:
     with path.open("rb") as fh:
         first = fh.read(_CHUNK)
         if not first:
-            raise UnreadableFile(f"{path.name} is empty (0 bytes); expected a header row or records")
+            raise UnreadableFile(
+                f"{path.name} is empty (0 bytes); expected a header row or records"
+            )
         gz = first.startswith(GZIP_MAGIC)
         if named_gz and not gz:
             raise UnreadableFile(
@@ -241,7 +243,7 @@ def _decodes(path: Path, gz: bool, encoding: str) -> bool:
 
 
 def _text_stream(info: FileInfo) -> io.TextIOBase:
-    raw = gzip.open(info.path, "rb") if info.compression else open(info.path, "rb")
+    raw = gzip.open(info.path, "rb") if info.compression else open(info.path, "rb")  # noqa: SIM115
     return io.TextIOWrapper(raw, encoding=info.encoding or "utf-8", newline="")
 
 
@@ -304,8 +306,8 @@ def open_source(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
 def close_source(con: duckdb.DuckDBPyConnection) -> None:
     """Drop the view and any helper objects :func:`open_source` created."""
     con.execute(f"DROP VIEW IF EXISTS {SOURCE_VIEW}")
+    con.execute("DROP TABLE IF EXISTS _tg_json")
     for name in ("_tg_lines", "_tg_arrow"):
-        con.execute(f"DROP TABLE IF EXISTS {name}")
         try:
             con.unregister(name)
         except (duckdb.Error, KeyError):
@@ -376,8 +378,7 @@ def _finish_csv(con, info: FileInfo, relation: str, names: list[str]) -> list[st
 def _check_names(info: FileInfo, names: list[str]) -> None:
     if any(not n for n in names):
         raise UnreadableFile(
-            f"{info.path.name} has an empty column name in its header; "
-            "every column needs a name"
+            f"{info.path.name} has an empty column name in its header; every column needs a name"
         )
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -391,12 +392,12 @@ def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     comp = "gzip" if info.compression else "none"
     src = f"read_ndjson_objects({_sql_str(str(info.path))}, compression='{comp}')"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tg_lines AS SELECT json, "
+        f"CREATE OR REPLACE TEMP TABLE _tg_json AS SELECT json, "
         f"row_number() OVER () AS {LINE_COLUMN} FROM {src}"
     )
     bad = con.execute(
-        f"SELECT min({LINE_COLUMN}) FROM _tg_lines WHERE json_type(json) <> 'OBJECT'"
-    ).fetchone()[0]
+        f"SELECT min({LINE_COLUMN}) FROM _tg_json WHERE json_type(json) <> 'OBJECT'"
+    ).fetchall()[0][0]
     if bad is not None:
         raise UnreadableFile(
             f"{info.path.name} record {bad} is not a JSON object; "
@@ -406,7 +407,7 @@ def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
         r[0]
         for r in con.execute(
             "SELECT k FROM (SELECT unnest(json_keys(json)) AS k, "
-            f"{LINE_COLUMN} FROM _tg_lines) GROUP BY k ORDER BY min({LINE_COLUMN}), k"
+            f"{LINE_COLUMN} FROM _tg_json) GROUP BY k ORDER BY min({LINE_COLUMN}), k"
         ).fetchall()
     ]
     if not names:
@@ -414,7 +415,7 @@ def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     _check_names(info, [n.strip() for n in names])
     cols = ", ".join(f"json ->> {_sql_str('$.' + _json_key(n))} AS {_ident(n)}" for n in names)
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, {LINE_COLUMN} FROM _tg_lines"
+        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, {LINE_COLUMN} FROM _tg_json"
     )
     return names
 

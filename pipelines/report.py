@@ -73,14 +73,23 @@ def case_anchor(terminal_id: str) -> str:
     return "case-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in terminal_id)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, num: Sequence[int] = (),
-           attrs: Sequence[str] | None = None, table_id: str = "") -> str:
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    num: Sequence[int] = (),
+    attrs: Sequence[str] | None = None,
+    table_id: str = "",
+) -> str:
     """An HTML table from already-escaped cells."""
-    head = "".join(f'<th{" class=num" if i in num else ""}>{esc(h)}</th>'
-                   for i, h in enumerate(headers))
+    head = "".join(
+        f"<th{' class=num' if i in num else ''}>{esc(h)}</th>" for i, h in enumerate(headers)
+    )
     body = []
     for k, row in enumerate(rows):
-        cells = "".join(f'<td{" class=num" if i in num else ""}>{c}</td>' for i, c in enumerate(row))
+        cells = "".join(
+            f"<td{' class=num' if i in num else ''}>{c}</td>" for i, c in enumerate(row)
+        )
         extra = f" {attrs[k]}" if attrs else ""
         body.append(f"<tr{extra}>{cells}</tr>")
     tid = f' id="{esc(table_id)}"' if table_id else ""
@@ -112,40 +121,60 @@ def svg_daily(days: Sequence[Mapping[str, Any]], width: int = 460, height: int =
     cmax = _nice_max(max(d["txn_count"] for d in days))
     amax = _nice_max(max(d["approved_amount_minor"] for d in days) / 100)
     bw = w / n
-    parts = [f'<svg role="img" viewBox="0 0 {width} {height}" width="100%" '
-             f'aria-label="daily volume and amounts">']
+    parts = [
+        (
+            f'<svg role="img" viewBox="0 0 {width} {height}" width="100%" '
+            f'aria-label="daily volume and amounts">'
+        )
+    ]
     for frac in (0, 0.5, 1):
         y = top + h - frac * h
-        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{cmax * frac:g}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>'
+        )
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{cmax * frac:g}</text>'
+        )
         parts.append(f'<text x="{left + w + 4}" y="{y + 4:.1f}">{amax * frac:,.0f}</text>')
     pts = []
     for i, d in enumerate(days):
         x = left + i * bw
         th = d["txn_count"] / cmax * h
         dh = d["declined_count"] / cmax * h
-        tip = esc(f"{d['day']}: {d['txn_count']} txns, {d['declined_count']} declined, "
-                  f"approved {_money(d['approved_amount_minor'])}")
+        tip = esc(
+            f"{d['day']}: {d['txn_count']} txns, {d['declined_count']} declined, "
+            f"approved {_money(d['approved_amount_minor'])}"
+        )
         parts.append(
-            f'<g><title>{tip}</title>'
+            f"<g><title>{tip}</title>"
             f'<rect x="{x + 1:.1f}" y="{top + h - th:.1f}" width="{max(bw - 2, 1):.1f}" '
             f'height="{th:.1f}" fill="#90caf9"/>'
             f'<rect x="{x + 1:.1f}" y="{top + h - dh:.1f}" width="{max(bw - 2, 1):.1f}" '
             f'height="{dh:.1f}" fill="#e57373"/></g>'
         )
         pts.append(f"{x + bw / 2:.1f},{top + h - d['approved_amount_minor'] / 100 / amax * h:.1f}")
-    parts.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="#1565c0" stroke-width="2"/>')
+    parts.append(
+        f'<polyline points="{" ".join(pts)}" fill="none" stroke="#1565c0" stroke-width="2"/>'
+    )
     for i, anchor in sorted({(0, "start"), (n - 1, "end")}):
         x = left + i * bw + (0 if anchor == "start" else bw)
-        parts.append(f'<text x="{x:.1f}" y="{top + h + 13}" text-anchor="{anchor}">'
-                     f'{esc(days[i]["day"])}</text>')
-    parts.append(f'<text x="{left}" y="{height - 3}">bars: transactions (red: declined); line: '
-                 "approved amount (right axis)</text></svg>")
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + h + 13}" text-anchor="{anchor}">'
+            f"{esc(days[i]['day'])}</text>"
+        )
+    parts.append(
+        f'<text x="{left}" y="{height - 3}">bars: transactions (red: declined); line: '
+        "approved amount (right axis)</text></svg>"
+    )
     return "".join(parts)
 
 
-def svg_distance(rows: Sequence[Mapping[str, Any]], geofence_m: float | None,
-                 width: int = 460, height: int = 170) -> str:
+def svg_distance(
+    rows: Sequence[Mapping[str, Any]],
+    geofence_m: float | None,
+    width: int = 460,
+    height: int = 170,
+) -> str:
     """Median and maximum distance (km) of reported locations from the registered address."""
     if not rows:
         return '<p class="muted">No reported locations.</p>'
@@ -161,35 +190,54 @@ def svg_distance(rows: Sequence[Mapping[str, Any]], geofence_m: float | None,
     def xy(i: int, m: float | None) -> str:
         return f"{left + i * step:.1f},{top + h - (m or 0) / 1000 / kmax * h:.1f}"
 
-    parts = [f'<svg role="img" viewBox="0 0 {width} {height}" width="100%" '
-             'aria-label="distance from the registered address">']
+    parts = [
+        (
+            f'<svg role="img" viewBox="0 0 {width} {height}" width="100%" '
+            'aria-label="distance from the registered address">'
+        )
+    ]
     for frac in (0, 0.5, 1):
         y = top + h - frac * h
-        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{kmax * frac:g} km</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>'
+        )
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{kmax * frac:g} km</text>'
+        )
     if geofence_m:
         y = top + h - geofence_m / 1000 / kmax * h
-        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
-                     'stroke="#b71c1c" stroke-dasharray="4 3"><title>geofence</title></line>')
+        parts.append(
+            f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="#b71c1c" stroke-dasharray="4 3"><title>geofence</title></line>'
+        )
     for key, color in (("max_m", "#e65100"), ("median_m", "#1565c0")):
         pts = " ".join(xy(i, r[key]) for i, r in enumerate(rows))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
     for i, r in enumerate(rows):
-        tip = esc(f"{r['day']}: median {(r['median_m'] or 0) / 1000:.2f} km, "
-                  f"max {(r['max_m'] or 0) / 1000:.2f} km, {r['located']} located")
-        parts.append(f'<circle cx="{xy(i, r["max_m"]).split(",")[0]}" '
-                     f'cy="{xy(i, r["max_m"]).split(",")[1]}" r="3" fill="#e65100">'
-                     f"<title>{tip}</title></circle>")
+        tip = esc(
+            f"{r['day']}: median {(r['median_m'] or 0) / 1000:.2f} km, "
+            f"max {(r['max_m'] or 0) / 1000:.2f} km, {r['located']} located"
+        )
+        parts.append(
+            f'<circle cx="{xy(i, r["max_m"]).split(",")[0]}" '
+            f'cy="{xy(i, r["max_m"]).split(",")[1]}" r="3" fill="#e65100">'
+            f"<title>{tip}</title></circle>"
+        )
     for i, anchor in sorted({(0, "start"), (n - 1, "end")}):
-        parts.append(f'<text x="{left + i * step:.1f}" y="{top + h + 13}" text-anchor="{anchor}">'
-                     f'{esc(rows[i]["day"])}</text>')
-    parts.append(f'<text x="{left}" y="{height - 3}">orange: farthest; blue: median; dashed red: '
-                 "geofence of the policy</text></svg>")
+        parts.append(
+            f'<text x="{left + i * step:.1f}" y="{top + h + 13}" text-anchor="{anchor}">'
+            f"{esc(rows[i]['day'])}</text>"
+        )
+    parts.append(
+        f'<text x="{left}" y="{height - 3}">orange: farthest; blue: median; dashed red: '
+        "geofence of the policy</text></svg>"
+    )
     return "".join(parts)
 
 
-def svg_hbars(items: Sequence[tuple[str, int]], *, highlight: Sequence[str] = (),
-              width: int = 460) -> str:
+def svg_hbars(
+    items: Sequence[tuple[str, int]], *, highlight: Sequence[str] = (), width: int = 460
+) -> str:
     """Horizontal bars (label, count); labels in ``highlight`` drawn in red."""
     if not items:
         return '<p class="muted">Nothing to show.</p>'
@@ -202,10 +250,12 @@ def svg_hbars(items: Sequence[tuple[str, int]], *, highlight: Sequence[str] = ()
         y = 3 + i * row_h
         bw = count / vmax * w
         color = "#e57373" if label in highlight else "#90caf9"
-        parts.append(f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{esc(label)}</text>'
-                     f'<rect x="{label_w}" y="{y + 3}" width="{max(bw, 1):.1f}" height="{row_h - 6}" '
-                     f'fill="{color}"><title>{esc(label)}: {count}</title></rect>'
-                     f'<text x="{label_w + bw + 4:.1f}" y="{y + 14}">{count}</text>')
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{esc(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{max(bw, 1):.1f}" height="{row_h - 6}" '
+            f'fill="{color}"><title>{esc(label)}: {count}</title></rect>'
+            f'<text x="{label_w + bw + 4:.1f}" y="{y + 14}">{count}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -219,10 +269,12 @@ def svg_sparkline(values: Sequence[int], width: int = 140, height: int = 28) -> 
     pts = [(3 + i * step, height - 3 - v / vmax * (height - 6)) for i, v in enumerate(values)]
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
     x, y = pts[-1]
-    return (f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
-            f'<title>{esc(", ".join(str(v) for v in values))}</title>'
-            f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="1.5"/>'
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#1565c0"/></svg>')
+    return (
+        f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
+        f"<title>{esc(', '.join(str(v) for v in values))}</title>"
+        f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="1.5"/>'
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#1565c0"/></svg>'
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -267,47 +319,61 @@ def _summary(con: duckdb.DuckDBPyConnection, as_of: date, queue: list[dict]) -> 
         (_money(day[2]), "approved amount"),
         (at_risk, "cards at risk (tonight's flags)"),
     ]
-    html_kpis = "".join(f'<div class="kpi"><b>{esc(v)}</b><span>{esc(t)}</span></div>' for v, t in kpis)
+    html_kpis = "".join(
+        f'<div class="kpi"><b>{esc(v)}</b><span>{esc(t)}</span></div>' for v, t in kpis
+    )
     if run:
         r = run[0]
         state = "ok" if r["status"] == "succeeded" else "bad"
         run_line = (
-            f'Run <code>{esc(r["run_id"])}</code> ({esc(r["command"])}): '
-            f'<span class="{state}">{esc(r["status"])}</span>, started {esc(r["started_at"])}, '
-            f'{esc(round(r["duration_s"] or 0, 1))} s, code {esc(r["code_version"] or "?")}'
-            + (f' - {esc(r["message"])}' if r["message"] else "")
+            f"Run <code>{esc(r['run_id'])}</code> ({esc(r['command'])}): "
+            f'<span class="{state}">{esc(r["status"])}</span>, started '
+            f"{esc(r['started_at'].replace(microsecond=0) if r['started_at'] else '?')}, "
+            f"{esc(round(r['duration_s'] or 0, 1))} s, code {esc(r['code_version'] or '?')}"
+            + (f" - {esc(r['message'])}" if r["message"] else "")
         )
     else:
         run_line = f'<span class="bad">No detection run recorded for {esc(as_of)}.</span>'
     sev_line = ", ".join(f"{_sev(s)} {by_sev[s]}" for s in reversed(SEVERITIES))
-    return (f'<section id="summary"><h2>Night of {esc(as_of)}</h2><p>{run_line}</p>'
-            f'<div class="kpis">{html_kpis}</div><p>Queue by severity: {sev_line}</p></section>')
+    return (
+        f'<section id="summary"><h2>Night of {esc(as_of)}</h2><p>{run_line}</p>'
+        f'<div class="kpis">{html_kpis}</div><p>Queue by severity: {sev_line}</p></section>'
+    )
 
 
 def _queue(queue: list[dict], cases: set[str]) -> str:
     rows, attrs = [], []
     for f in queue:
         tid = f["terminal_id"]
-        term = (f'<a href="#{esc(case_anchor(tid))}">{esc(tid)}</a>' if tid in cases else esc(tid))
+        term = f'<a href="#{esc(case_anchor(tid))}">{esc(tid)}</a>' if tid in cases else esc(tid)
         reasons = "".join(f"<li>{esc(t)}</li>" for t in f["reasons"])
-        rows.append([
-            _sev(f["severity"]),
-            f"{f['score']:.2f}",
-            f'<code class="flag-id">{esc(f["flag_id"])}</code>',
-            term,
-            esc(f.get("merchant_name") or ""),
-            f'{esc(f["behaviour"])}<br><span class="muted">{esc(f["category"])}</span>',
-            f'<span class="nw">{esc(f["first_seen"])}</span> .. <span class="nw">{esc(f["last_seen"])}</span>',
-            f'<ul class="reasons">{reasons}</ul>',
-        ])
+        rows.append(
+            [
+                _sev(f["severity"]),
+                f"{f['score']:.2f}",
+                f'<code class="flag-id">{esc(f["flag_id"])}</code>',
+                term,
+                esc(f.get("merchant_name") or ""),
+                f'{esc(f["behaviour"])}<br><span class="muted">{esc(f["category"])}</span>',
+                f'<span class="nw">{esc(f["first_seen"])}</span> .. <span class="nw">{esc(f["last_seen"])}</span>',
+                f'<ul class="reasons">{reasons}</ul>',
+            ]
+        )
         attrs.append(f'data-flag-id="{esc(f["flag_id"])}" data-severity="{esc(f["severity"])}"')
-    table = _table(["severity", "score", "flag", "terminal", "merchant", "behaviour", "seen",
-                    "why"], rows, num=(1,), attrs=attrs, table_id="queue-table")
-    return (f'<section id="queue"><h2>Review queue ({len(queue)} open flags, most severe first)</h2>'
-            '<input id="queue-filter" class="filter" type="search" '
-            'placeholder="Filter: terminal, merchant, behaviour...">'
-            f"{table}<p class=muted>Decide with <code>trialguard review FLAG_ID --decision "
-            "confirmed|dismissed|snoozed --note TEXT --analyst NAME</code>.</p></section>")
+    table = _table(
+        ["severity", "score", "flag", "terminal", "merchant", "behaviour", "seen", "why"],
+        rows,
+        num=(1,),
+        attrs=attrs,
+        table_id="queue-table",
+    )
+    return (
+        f'<section id="queue"><h2>Review queue ({len(queue)} open flags, most severe first)</h2>'
+        '<input id="queue-filter" class="filter" type="search" '
+        'placeholder="Filter: terminal, merchant, behaviour...">'
+        f"{table}<p class=muted>Decide with <code>trialguard review FLAG_ID --decision "
+        "confirmed|dismissed|snoozed --note TEXT --analyst NAME</code>.</p></section>"
+    )
 
 
 def _behaviours(con: duckdb.DuckDBPyConnection, as_of: date) -> str:
@@ -344,15 +410,40 @@ def _behaviours(con: duckdb.DuckDBPyConnection, as_of: date) -> str:
     for b, cat in BEHAVIOURS.items():
         t = by_b.get(b, {})
         values = [series.get(b, {}).get(d, 0) for d in days]
-        rows.append([
-            esc(b), esc(cat),
-            *(esc(t.get(k, 0)) for k in ("seen_tonight", "new_tonight", "open", "confirmed",
-                                          "dismissed", "episodes")),
-            svg_sparkline(values),
-        ])
-    table = _table(["behaviour", "category", "seen tonight", "new tonight", "open", "confirmed",
-                    "dismissed", "episodes", f"flags active per day, last {TREND_DAYS} days"],
-                   rows, num=(2, 3, 4, 5, 6, 7), table_id="behaviour-table")
+        rows.append(
+            [
+                esc(b),
+                esc(cat),
+                *(
+                    esc(t.get(k, 0))
+                    for k in (
+                        "seen_tonight",
+                        "new_tonight",
+                        "open",
+                        "confirmed",
+                        "dismissed",
+                        "episodes",
+                    )
+                ),
+                svg_sparkline(values),
+            ]
+        )
+    table = _table(
+        [
+            "behaviour",
+            "category",
+            "seen tonight",
+            "new tonight",
+            "open",
+            "confirmed",
+            "dismissed",
+            "episodes",
+            f"flags active per day, last {TREND_DAYS} days",
+        ],
+        rows,
+        num=(2, 3, 4, 5, 6, 7),
+        table_id="behaviour-table",
+    )
     return f'<section id="behaviours"><h2>Behaviours</h2>{table}</section>'
 
 
@@ -367,26 +458,39 @@ def _verdicts(con: duckdb.DuckDBPyConnection, as_of: date, cases: set[str]) -> s
         tid = r["terminal_id"]
         term = f'<a href="#{esc(case_anchor(tid))}">{esc(tid)}</a>' if tid in cases else esc(tid)
         ev = "".join(f"<li>{esc(e)}</li>" for e in r["evidence"])
-        cells.append([
-            term, esc(r["merchant_name"] or ""),
-            f'{esc(r["trial_end"])} <span class="muted">({r["days_left"]:+d} d)</span>',
-            f'<span class="verdict verdict-{esc(r["verdict"])}">{esc(r["verdict"])}</span>',
-            esc(r["rationale"]), f'<ul class="reasons">{ev}</ul>' if ev else "-",
-        ])
+        cells.append(
+            [
+                term,
+                esc(r["merchant_name"] or ""),
+                f'{esc(r["trial_end"])} <span class="muted">({r["days_left"]:+d} d)</span>',
+                f'<span class="verdict verdict-{esc(r["verdict"])}">{esc(r["verdict"])}</span>',
+                esc(r["rationale"]),
+                f'<ul class="reasons">{ev}</ul>' if ev else "-",
+            ]
+        )
     counts = ", ".join(f"{sum(r['verdict'] == v for r in rows)} {v}" for v in order)
-    body = (_table(["terminal", "merchant", "trial end", "verdict", "rationale", "evidence"], cells,
-                   table_id="verdict-table")
-            if rows else '<p class="muted">No trial ends in the next 7 days.</p>')
-    return (f'<section id="verdicts"><h2>Trial-end verdicts (trials ending {esc(as_of)} .. '
-            f'{esc(as_of + timedelta(days=7))}: {esc(counts)})</h2>{body}</section>')
+    body = (
+        _table(
+            ["terminal", "merchant", "trial end", "verdict", "rationale", "evidence"],
+            cells,
+            table_id="verdict-table",
+        )
+        if rows
+        else '<p class="muted">No trial ends in the next 7 days.</p>'
+    )
+    return (
+        f'<section id="verdicts"><h2>Trial-end verdicts (trials ending {esc(as_of)} .. '
+        f"{esc(as_of + timedelta(days=7))}: {esc(counts)})</h2>{body}</section>"
+    )
 
 
 def _rel_link(target: Path, out_dir: Path) -> str:
     return quote(Path(os.path.relpath(target.resolve(), out_dir.resolve())).as_posix())
 
 
-def _data_quality(con: duckdb.DuckDBPyConnection, as_of: date, settings: Settings,
-                  out_dir: Path) -> str:
+def _data_quality(
+    con: duckdb.DuckDBPyConnection, as_of: date, settings: Settings, out_dir: Path
+) -> str:
     files = _rows(
         con,
         "SELECT file_id, source_path, kind, status, rows_read, accepted, quarantined, duplicates, "
@@ -410,27 +514,42 @@ def _data_quality(con: duckdb.DuckDBPyConnection, as_of: date, settings: Setting
         "GROUP BY 1, 2 ORDER BY n DESC, 1, 2 LIMIT 20",
         ids,
     )
-    totals = {k: sum((f[k] or 0) for f in files)
-              for k in ("rows_read", "accepted", "quarantined", "duplicates", "pan_redactions")}
+    totals = {
+        k: sum((f[k] or 0) for f in files)
+        for k in ("rows_read", "accepted", "quarantined", "duplicates", "pan_redactions")
+    }
     rejected = sum(f["status"] == "rejected" for f in files)
     failed_gates = sum(not g["success"] for g in gates)
     docs_index = settings.data_docs_dir / "index.html"
     if docs_index.is_file():
-        docs = (f'<a id="data-docs-link" href="{esc(_rel_link(docs_index, out_dir))}">'
-                "Great Expectations Data Docs</a>")
+        docs = (
+            f'<a id="data-docs-link" href="{esc(_rel_link(docs_index, out_dir))}">'
+            "Great Expectations Data Docs</a>"
+        )
     else:
-        docs = (f'<span class="muted">Great Expectations Data Docs are not rendered yet '
-                f'(expected at {esc(docs_index)}).</span>')
-    file_rows = [[
-        esc(f["source_path"]), esc(f["kind"]),
-        f'<span class="{"ok" if f["status"] == "loaded" else "bad"}">{esc(f["status"])}</span>',
-        *(esc(f[k] if f[k] is not None else "") for k in ("rows_read", "accepted", "quarantined",
-                                                          "duplicates", "pan_redactions")),
-        ("" if f["gate_success"] is None else
-         f'<span class="{"ok" if f["gate_success"] else "bad"}">'
-         f'{"passed" if f["gate_success"] else "failed"}</span>'),
-        esc(f["message"] or ""),
-    ] for f in files]
+        docs = (
+            f'<span class="muted">Great Expectations Data Docs are not rendered yet '
+            f"(expected at {esc(docs_index)}).</span>"
+        )
+    file_rows = [
+        [
+            esc(f["source_path"]),
+            esc(f["kind"]),
+            f'<span class="{"ok" if f["status"] == "loaded" else "bad"}">{esc(f["status"])}</span>',
+            *(
+                esc(f[k] if f[k] is not None else "")
+                for k in ("rows_read", "accepted", "quarantined", "duplicates", "pan_redactions")
+            ),
+            (
+                ""
+                if f["gate_success"] is None
+                else f'<span class="{"ok" if f["gate_success"] else "bad"}">'
+                f"{'passed' if f['gate_success'] else 'failed'}</span>"
+            ),
+            esc(f["message"] or ""),
+        ]
+        for f in files
+    ]
     gate_rows = []
     for g in gates:
         details = _loads(g["details"], []) or []
@@ -439,11 +558,17 @@ def _data_quality(con: duckdb.DuckDBPyConnection, as_of: date, settings: Setting
         if g["docs_path"]:
             p = Path(g["docs_path"])
             link = f'<a href="{esc(_rel_link(p, out_dir))}">page</a>' if p.exists() else ""
-        gate_rows.append([
-            esc(g["kind"]), esc(g["suite"]),
-            f'<span class="{"ok" if g["success"] else "bad"}">{"passed" if g["success"] else "failed"}</span>',
-            esc(g["evaluated"]), esc(g["failed"]), f'<ul class="reasons">{failed}</ul>', link,
-        ])
+        gate_rows.append(
+            [
+                esc(g["kind"]),
+                esc(g["suite"]),
+                f'<span class="{"ok" if g["success"] else "bad"}">{"passed" if g["success"] else "failed"}</span>',
+                esc(g["evaluated"]),
+                esc(g["failed"]),
+                f'<ul class="reasons">{failed}</ul>',
+                link,
+            ]
+        )
     q_rows = [[esc(q["kind"]), esc(q["reason"]), esc(q["n"])] for q in quarantine]
     return (
         '<section id="data-quality"><h2>Data quality</h2>'
@@ -452,17 +577,42 @@ def _data_quality(con: duckdb.DuckDBPyConnection, as_of: date, settings: Setting
         f"{totals['quarantined']} quarantined, {totals['duplicates']} duplicates, "
         f"{totals['pan_redactions']} card numbers redacted. {docs}</p>"
         "<h3>Files</h3>"
-        + _table(["file", "kind", "status", "rows", "accepted", "quarantined", "duplicates",
-                  "redactions", "gate", "message"], file_rows, num=(3, 4, 5, 6, 7),
-                 table_id="files-table")
+        + _table(
+            [
+                "file",
+                "kind",
+                "status",
+                "rows",
+                "accepted",
+                "quarantined",
+                "duplicates",
+                "redactions",
+                "gate",
+                "message",
+            ],
+            file_rows,
+            num=(3, 4, 5, 6, 7),
+            table_id="files-table",
+        )
         + "<h3>Validation gates</h3>"
-        + _table(["kind", "suite", "result", "checks", "failed", "failed expectations", "docs"],
-                 gate_rows, num=(3, 4), table_id="gates-table")
+        + _table(
+            ["kind", "suite", "result", "checks", "failed", "failed expectations", "docs"],
+            gate_rows,
+            num=(3, 4),
+            table_id="gates-table",
+        )
         + "<h3>Quarantine reasons</h3>"
-        + (_table(["kind", "reason", "rows"], q_rows, num=(2,), table_id="quarantine-table")
-           if q_rows else '<p class="muted">No quarantined rows.</p>')
+        + (
+            _table(["kind", "reason", "rows"], q_rows, num=(2,), table_id="quarantine-table")
+            if q_rows
+            else '<p class="muted">No quarantined rows.</p>'
+        )
         + "</section>"
     )
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else ("-" if v is None else str(v))
 
 
 def _detail(d: Any) -> str:
@@ -478,71 +628,120 @@ def _case_page(case: Mapping[str, Any]) -> str:
         facts = "<p><b>Not in the registry</b> (unregistered use).</p>"
         geofence = None
     else:
-        facts = "<dl class=facts>" + "".join(
-            f"<dt>{esc(k)}</dt><dd>{v}</dd>"
-            for k, v in (
-                ("merchant", f'{esc(cur["merchant_name"])} <span class="muted">'
-                             f'{esc(cur["merchant_id"])}</span>'),
-                ("registered MCC", esc(cur["registered_mcc"])),
-                ("kind / model", f'{esc(cur["terminal_kind"])} {esc(cur.get("terminal_model") or "")}'),
-                ("registered at", f'{esc(cur["registered_lat"])}, {esc(cur["registered_lon"])} '
-                                  f'(region {esc(cur["region_code"])})'),
-                ("status", esc(cur["status"])),
-                ("trial", f'{esc(cur["trial_start"])} .. {esc(cur["trial_end"])}'),
-                ("registry versions", esc(len(case["registry"]))),
+        facts = (
+            "<dl class=facts>"
+            + "".join(
+                f"<dt>{esc(k)}</dt><dd>{v}</dd>"
+                for k, v in (
+                    (
+                        "merchant",
+                        (
+                            f'{esc(cur["merchant_name"])} <span class="muted">'
+                            f"{esc(cur['merchant_id'])}</span>"
+                        ),
+                    ),
+                    ("registered MCC", esc(cur["registered_mcc"])),
+                    (
+                        "kind / model",
+                        f"{esc(cur['terminal_kind'])} {esc(cur.get('terminal_model') or '')}",
+                    ),
+                    (
+                        "registered at",
+                        (
+                            f"{esc(cur['registered_lat'])}, {esc(cur['registered_lon'])} "
+                            f"(region {esc(cur['region_code'])})"
+                        ),
+                    ),
+                    ("status", esc(cur["status"])),
+                    ("trial", f"{esc(cur['trial_start'])} .. {esc(cur['trial_end'])}"),
+                    ("registry versions", esc(len(case["registry"]))),
+                )
             )
-        ) + "</dl>"
+            + "</dl>"
+        )
         geofence = None
         if case["policy"]:
             fence = (case["policy"]["body"] or {}).get("geofence_m") or {}
             if isinstance(fence, Mapping):
                 geofence = fence.get(cur["terminal_kind"])
     pol = case["policy"]
-    policy = (f'<p>Policy <code>{esc(pol["policy_id"])}</code> ({esc(pol["applies_because"])}): '
-              + ", ".join(f"{esc(k)} = <code>{esc(json.dumps(v, ensure_ascii=False))}</code>"
-                          for k, v in sorted(pol["body"].items()))
-              + "</p>") if pol else '<p class="muted">No policy loaded.</p>'
+    policy = (
+        (
+            f"<p>Policy <code>{esc(pol['policy_id'])}</code> ({esc(pol['applies_because'])}): "
+            + ", ".join(
+                f"{esc(k)} = <code>{esc(json.dumps(v, ensure_ascii=False))}</code>"
+                for k, v in sorted(pol["body"].items())
+            )
+            + "</p>"
+        )
+        if pol
+        else '<p class="muted">No policy loaded.</p>'
+    )
     flag_rows = []
     for f in case["flags"]:
         reasons = "".join(
             f"<li>{esc(r.get('text') if isinstance(r, Mapping) else r)}"
-            + (f' <span class="muted">(observed {esc(r.get("observed"))}, threshold '
-               f'{esc(r.get("threshold"))})</span>' if isinstance(r, Mapping) else "")
+            + (
+                f' <span class="muted">(observed {esc(_num(r.get("observed")))}, threshold '
+                f"{esc(_num(r.get('threshold')))})</span>"
+                if isinstance(r, Mapping)
+                else ""
+            )
             + "</li>"
             for r in f["reasons"]
         )
         decisions = "".join(
-            f'<li>{esc(d["decided_at"])} <b>{esc(d["analyst"])}</b>: {esc(d["decision"])}'
-            + (f' until {esc(d["snooze_until"])}' if d["snooze_until"] else "")
-            + (f' - {esc(d["note"])}' if d["note"] else "") + "</li>"
+            f"<li>{esc(d['decided_at'])} <b>{esc(d['analyst'])}</b>: {esc(d['decision'])}"
+            + (f" until {esc(d['snooze_until'])}" if d["snooze_until"] else "")
+            + (f" - {esc(d['note'])}" if d["note"] else "")
+            + "</li>"
             for d in f["dispositions"]
         )
-        flag_rows.append([
-            f'<code>{esc(f["flag_id"])}</code>', _sev(f["severity"]), f"{f['score']:.2f}",
-            f'{esc(f["behaviour"])}<br><span class="muted">{esc(f["category"])}</span>',
-            f'<span class="nw">{esc(f["first_seen"])}</span> .. <span class="nw">{esc(f["last_seen"])}</span>', esc(f["status"]),
-            f'<ul class="reasons">{reasons}</ul>', f'<ul class="reasons">{decisions}</ul>',
-        ])
-    ev_rows = [[
-        esc(t["txn_id"]), esc(t["txn_time"]), esc(t["txn_type"]), _money(t["amount_minor"]),
-        esc(t["card"]), esc(f'{t["entry_mode"]} {t["entry_mode_name"]}'), esc(t["mcc"]),
-        esc(t["response_code"]),
-        "" if t["distance_m"] is None else f'{t["distance_m"] / 1000:.2f}',
-        esc(", ".join(t["flag_ids"])),
-    ] for t in case["evidence_transactions"][:MAX_EVIDENCE_ROWS]]
-    codes = [(f'{r["response_code"]}{" (approved)" if r["response_code"] == "00" else ""}', r["n"])
-             for r in case["response_codes"]]
-    modes = [(f'{r["entry_mode"]} {r["name"]}', r["n"]) for r in case["entry_modes"]]
+        flag_rows.append(
+            [
+                f"<code>{esc(f['flag_id'])}</code>",
+                _sev(f["severity"]),
+                f"{f['score']:.2f}",
+                f'{esc(f["behaviour"])}<br><span class="muted">{esc(f["category"])}</span>',
+                f'<span class="nw">{esc(f["first_seen"])}</span> .. <span class="nw">{esc(f["last_seen"])}</span>',
+                esc(f["status"]),
+                f'<ul class="reasons">{reasons}</ul>',
+                f'<ul class="reasons">{decisions}</ul>',
+            ]
+        )
+    ev_rows = [
+        [
+            esc(t["txn_id"]),
+            esc(t["txn_time"]),
+            esc(t["txn_type"]),
+            _money(t["amount_minor"]),
+            esc(t["card"]),
+            esc(f"{t['entry_mode']} {t['entry_mode_name']}"),
+            esc(t["mcc"]),
+            esc(t["response_code"]),
+            "" if t["distance_m"] is None else f"{t['distance_m'] / 1000:.2f}",
+            esc(", ".join(t["flag_ids"])),
+        ]
+        for t in case["evidence_transactions"][:MAX_EVIDENCE_ROWS]
+    ]
+    codes = [
+        (f"{r['response_code']}{' (approved)' if r['response_code'] == '00' else ''}", r["n"])
+        for r in case["response_codes"]
+    ]
+    modes = [(f"{r['entry_mode']} {r['name']}", r["n"]) for r in case["entry_modes"]]
     allowed = (pol["body"] or {}).get("allowed_entry_modes") if pol else None
-    bad_modes = [f'{r["entry_mode"]} {r["name"]}' for r in case["entry_modes"]
-                 if allowed is not None and r["entry_mode"] not in allowed]
+    bad_modes = [
+        f"{r['entry_mode']} {r['name']}"
+        for r in case["entry_modes"]
+        if allowed is not None and r["entry_mode"] not in allowed
+    ]
     charts = (
         '<div class="charts">'
         f'<div class="chart"><h4>Daily volume and approved amount</h4>{svg_daily(case["timeline"])}</div>'
         f'<div class="chart"><h4>Distance of reported locations from the registered address</h4>'
-        f'{svg_distance(case["distance_by_day"], geofence)}</div>'
+        f"{svg_distance(case['distance_by_day'], geofence)}</div>"
         f'<div class="chart"><h4>Response codes</h4>'
-        f'{svg_hbars(codes, highlight=[c for c, _ in codes if not c.startswith("00")])}</div>'
+        f"{svg_hbars(codes, highlight=[c for c, _ in codes if not c.startswith('00')])}</div>"
         f'<div class="chart"><h4>Entry modes</h4>{svg_hbars(modes, highlight=bad_modes)}</div>'
         "</div>"
     )
@@ -552,31 +751,64 @@ def _case_page(case: Mapping[str, Any]) -> str:
         f'<a class="back" href="#queue">Back to the queue</a>'
         f"<h2>Case: terminal {esc(tid)}</h2>{facts}{policy}"
         f"<h3>Flags ({len(case['flags'])})</h3>"
-        + _table(["flag", "severity", "score", "behaviour", "seen", "status", "why", "decisions"],
-                 flag_rows, num=(2,))
+        + _table(
+            ["flag", "severity", "score", "behaviour", "seen", "status", "why", "decisions"],
+            flag_rows,
+            num=(2,),
+        )
         + f"<h3>Charts</h3>{charts}"
         + f"<h3>Evidence transactions ({len(case['evidence_transactions'])})</h3>"
-        + (_table(["txn", "time", "type", "amount", "card", "entry mode", "MCC", "response",
-                   "km from address", "flags"], ev_rows, num=(3, 8))
-           if ev_rows else '<p class="muted">No evidence transactions.</p>')
-        + (f'<p class="muted">{more} more: <code>trialguard show {esc(tid)}</code></p>'
-           if more > 0 else "")
+        + (
+            _table(
+                [
+                    "txn",
+                    "time",
+                    "type",
+                    "amount",
+                    "card",
+                    "entry mode",
+                    "MCC",
+                    "response",
+                    "km from address",
+                    "flags",
+                ],
+                ev_rows,
+                num=(3, 8),
+            )
+            if ev_rows
+            else '<p class="muted">No evidence transactions.</p>'
+        )
+        + (
+            f'<p class="muted">{more} more: <code>trialguard show {esc(tid)}</code></p>'
+            if more > 0
+            else ""
+        )
         + f'<p class="muted">Cards at risk recorded: {esc(case["at_risk_cards"])}. '
         f"Full case file: <code>trialguard show {esc(tid)}</code></p></article>"
     )
 
 
-def render_report(con: duckdb.DuckDBPyConnection, as_of: date, settings: Settings,
-                  out_dir: Path, generated_at: str = "") -> str:
+def render_report(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    settings: Settings,
+    out_dir: Path,
+    generated_at: str = "",
+) -> str:
     """The report's HTML text (see the module doc for what it holds)."""
-    queue = [f for f in query_flags(con, statuses=("open",), as_of=as_of)
-             if f["first_seen"] <= as_of]
+    queue = [
+        f for f in query_flags(con, statuses=("open",), as_of=as_of) if f["first_seen"] <= as_of
+    ]
     tonight = _rows(con, "SELECT DISTINCT terminal_id FROM flags WHERE last_seen = ?", [as_of])
-    wanted = list(dict.fromkeys([f["terminal_id"] for f in queue]
-                                + sorted(r["terminal_id"] for r in tonight)))
+    wanted = list(
+        dict.fromkeys(
+            [f["terminal_id"] for f in queue] + sorted(r["terminal_id"] for r in tonight)
+        )
+    )
     case_ids = wanted[:MAX_CASES]
-    con.execute("CREATE OR REPLACE TEMP TABLE _report_txns AS SELECT * FROM transactions "
-                "WHERE false")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _report_txns AS SELECT * FROM transactions WHERE false"
+    )
     if case_ids:
         con.execute("CREATE OR REPLACE TEMP TABLE _report_ids (terminal_id VARCHAR)")
         con.executemany("INSERT INTO _report_ids VALUES (?)", [[t] for t in case_ids])
@@ -585,8 +817,12 @@ def render_report(con: duckdb.DuckDBPyConnection, as_of: date, settings: Setting
             "JOIN _report_ids USING (terminal_id) WHERE t.local_date <= ?",
             [as_of],
         )
-    cases = [case_file(con, tid, as_of=as_of, max_evidence=MAX_EVIDENCE_ROWS * 2,
-                       txn_table="_report_txns") for tid in case_ids]
+    cases = [
+        case_file(
+            con, tid, as_of=as_of, max_evidence=MAX_EVIDENCE_ROWS * 2, txn_table="_report_txns"
+        )
+        for tid in case_ids
+    ]
     con.execute("DROP TABLE IF EXISTS _report_txns")
     con.execute("DROP TABLE IF EXISTS _report_ids")
     case_set = set(case_ids)
@@ -597,17 +833,26 @@ def render_report(con: duckdb.DuckDBPyConnection, as_of: date, settings: Setting
         + _behaviours(con, as_of)
         + _verdicts(con, as_of, case_set)
         + _data_quality(con, as_of, settings, out_dir)
-        + (f'<p class="muted">{skipped} more flagged terminal(s) have no case page here; use '
-           "<code>trialguard show TERMINAL_ID</code>.</p>" if skipped else "")
+        + (
+            f'<p class="muted">{skipped} more flagged terminal(s) have no case page here; use '
+            "<code>trialguard show TERMINAL_ID</code>.</p>"
+            if skipped
+            else ""
+        )
     )
     css, js = _template("report.css"), _template("report.js")
-    csp = (f"default-src 'none'; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
-           "img-src data:; base-uri 'none'; form-action 'none'")
+    csp = (
+        f"default-src 'none'; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
     return Template(_template("report.html")).substitute(
         csp=csp,
         title=esc(f"TrialGuard report {as_of}"),
-        meta=esc(f"generated {generated_at} - {settings.timezone} local time" if generated_at
-                 else f"{settings.timezone} local time"),
+        meta=esc(
+            f"generated {generated_at} - {settings.timezone} local time"
+            if generated_at
+            else f"{settings.timezone} local time"
+        ),
         css=css,
         js=js,
         overview=overview,
@@ -641,8 +886,9 @@ def write_report(settings: Settings, as_of: date, out: Path | None = None, con=N
     if own:
         con = open_db(settings)
     try:
-        text = render_report(con, as_of, settings, out.parent,
-                             generated_at=local_now(settings).isoformat(sep=" "))
+        text = render_report(
+            con, as_of, settings, out.parent, generated_at=local_now(settings).isoformat(sep=" ")
+        )
     finally:
         if own:
             con.close()
@@ -654,7 +900,9 @@ def write_report(settings: Settings, as_of: date, out: Path | None = None, con=N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``trialguard report``."""
-    parser.add_argument("--date", type=date.fromisoformat, required=True, help="the night reported on")
+    parser.add_argument(
+        "--date", type=date.fromisoformat, required=True, help="the night reported on"
+    )
     parser.add_argument("--out", type=Path, help="output HTML file (default: beside the database)")
 
 

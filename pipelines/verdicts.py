@@ -208,7 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ended", type=int, default=0, help="also trials that ended up to this many days before"
     )
-    parser.add_argument("--terminal", action="append", help="judge these terminals (comma separated)")
+    parser.add_argument(
+        "--terminal", action="append", help="judge these terminals (comma separated)"
+    )
     parser.add_argument(
         "--min-active-days", type=int, default=5, help="fewer active days than this: extend"
     )

@@ -44,16 +44,40 @@ def luhn_valid(pans: np.ndarray) -> np.ndarray:
     return luhn_check_digit(pans // np.uint64(10), n - 1) == pans % np.uint64(10)
 
 
+def _bin_luhn_part(prefix: str, length: int) -> int:
+    """Luhn sum contributed by a BIN's digits in a PAN of ``length`` digits."""
+    total = 0
+    for j, ch in enumerate(reversed(prefix)):
+        i = length - 7 + j  # position from the right within the payload (PAN minus check digit)
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total
+
+
+BIN_LUHN = np.array([_bin_luhn_part(b.prefix, b.length) for b in BINS], dtype=np.int64)
+
+
 def make_pans(bin_idx: np.ndarray, account: np.ndarray) -> np.ndarray:
     """PANs (uint64) from BIN indices and account numbers, with their Luhn digit.
 
     ``account`` is reduced modulo the room the BIN leaves (length - 7 digits).
     """
     length = BIN_LENGTH[bin_idx]
-    room = (10 ** (length - 7)).astype(np.uint64)
-    acct = account.astype(np.uint64) % room
-    payload = BIN_PREFIX[bin_idx] * room + acct
-    return payload * np.uint64(10) + luhn_check_digit(payload, length - 1)
+    room = 10 ** (length - 7)
+    acct = np.asarray(account, dtype=np.int64) % room
+    total = BIN_LUHN[bin_idx].copy()
+    x = acct.copy()
+    for i in range(int((length - 7).max(initial=0))):
+        d = x % 10
+        x //= 10
+        if i % 2 == 0:
+            d = np.where(d > 4, d * 2 - 9, d * 2)
+        total += np.where(i < length - 7, d, 0)
+    check = (10 - total % 10) % 10
+    payload = BIN_PREFIX[bin_idx] * room.astype(np.uint64) + acct.astype(np.uint64)
+    return payload * np.uint64(10) + check.astype(np.uint64)
 
 
 def random_cards(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

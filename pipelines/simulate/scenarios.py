@@ -28,6 +28,8 @@ GHOST_TERMINALS_PER_1000 = 3
 #: policy forbids (credit at a debit-only terminal, a swipe, a sale after hours) and
 #: got a policy sized for a smaller merchant. This is the natural non-compliance.
 SLOPPY_SHARE = 0.06
+#: Share of terminals that are another till of an earlier terminal's merchant.
+SAME_MERCHANT_SHARE = 0.12
 #: Terminal kinds and their shares.
 KIND_SHARES = {"fixed_pos": 0.55, "smart_pos": 0.33, "mobile_pos": 0.12}
 #: Share of fixed terminals without a GPS module (they report cell and IP only).
@@ -38,8 +40,9 @@ FIXED_WITHOUT_GPS_SHARE = 0.3
 GPS_NOISE_M = 25.0
 MOBILE_RANGE_M = 6000.0
 
-#: Daily volume: lognormal around the MCC's median, clipped to this range.
+#: Daily volume: lognormal around the MCC's median times VOLUME_SCALE, clipped to this range.
 DAILY_TXN_RANGE = (2, 400)
+VOLUME_SCALE = 0.65
 #: Transaction-type mix of legitimate traffic (per approved purchase).
 REFUND_RATE = 0.006
 VOID_RATE = 0.004
@@ -52,11 +55,11 @@ DECLINE_CODES = {"51": 0.45, "55": 0.2, "05": 0.12, "54": 0.08, "61": 0.07, "14"
 #: Entry modes: chip cards (code -> weight), magstripe-only cards, rare legit fallback.
 CHIP_ENTRY = {"07": 0.48, "05": 0.36, "03": 0.14, "91": 0.02}
 MAG_ENTRY = {"02": 0.6, "90": 0.4}
-LEGIT_FALLBACK_RATE = 0.0002
+LEGIT_FALLBACK_RATE = 0.00003
 #: Customers: a card pool per terminal (regulars repeat), plus visitors from anywhere.
 POOL_SIZE_PER_DAILY_TXN = 12
 VISITOR_SHARE = 0.05
-CARDS_PER_TERMINAL = 220
+CARDS_PER_TERMINAL = 150
 #: Background noise that must not be flagged.
 ROUND_AMOUNT_RATE = 0.01  # an occasional whole-hundred-yuan ticket anywhere
 DECLINE_BURST_DAILY_PROB = 0.004  # a network hiccup: a few 91/96 in minutes

@@ -154,11 +154,20 @@ def build_world(
         reports_serial[idx] = [opts[j][2] for j in pick]
     has_gps = (kind != "fixed_pos") | (rng.random(n) > sc.FIXED_WITHOUT_GPS_SHARE)
 
+    # chains: some terminals are a second till of an earlier merchant (same MID, place, trade)
+    parent = np.arange(n)
+    chain = (rng.random(n) < sc.SAME_MERCHANT_SHARE) & (parent > 0)
+    parent[chain] = (rng.random(int(chain.sum())) * parent[chain]).astype(np.int64)
+    for _ in range(8):
+        parent = parent[parent]
+    city, cat = city[parent], cat[parent]
     city_lat = np.array([c.lat for c in CITIES])[city]
     city_lon = np.array([c.lon for c in CITIES])[city]
     r_km = 9.0 * np.sqrt(rng.random(n))
     ang = rng.random(n) * 2 * np.pi
     lat, lon = offset_km(city_lat, city_lon, r_km * np.cos(ang), r_km * np.sin(ang))
+    near_lat, near_lon = offset_km(lat[parent], lon[parent], rng.normal(0, 0.03, size=n), rng.normal(0, 0.03, size=n))
+    lat, lon = np.where(chain, near_lat, lat), np.where(chain, near_lon, lon)
     lat, lon = np.round(lat, 6), np.round(lon, 6)
     region = np.array(
         [CITIES[c].regions[int(rng.integers(len(CITIES[c].regions)))] for c in city], dtype=object
@@ -171,7 +180,7 @@ def build_world(
     mid = np.array(
         [f"898{CITIES[c].area_code}{m}{s:04d}" for c, m, s in zip(city, mcc, msn, strict=True)],
         dtype=object,
-    )
+    )[parent]
     serial = np.array([f"SN{v:010d}" for v in rng.choice(9 * 10**9, size=n, replace=False)], dtype=object)
     clone_serial = np.array([f"SN{v:010d}" for v in rng.integers(0, 9 * 10**9, size=n)], dtype=object)
     name = np.array(
@@ -183,7 +192,8 @@ def build_world(
             for c, k in zip(city, cat, strict=True)
         ],
         dtype=object,
-    )
+    )[parent]
+    region = region[parent]
     channel = np.array(CHANNELS, dtype=object)[rng.integers(0, len(CHANNELS), size=n)]
 
     # --- trade profile: hours, volume, policy ----------------------------------
@@ -195,7 +205,7 @@ def build_world(
         if not is24[i]:
             opts = HOURS[profile[i]]
             open_h[i], close_h[i] = opts[int(rng.integers(len(opts)))]
-    rate = np.array([CATEGORIES[c].rate for c in cat]) * np.exp(rng.normal(0, 0.6, size=n))
+    rate = np.array([CATEGORIES[c].rate for c in cat]) * sc.VOLUME_SCALE * np.exp(rng.normal(0, 0.6, size=n))
     rate = np.clip(rate, *sc.DAILY_TXN_RANGE)
     median_fen = np.array([CATEGORIES[c].median_yuan * 100 for c in cat]) * np.exp(rng.normal(0, 0.25, size=n))
     sigma = np.array([CATEGORIES[c].sigma for c in cat])
@@ -224,9 +234,12 @@ def build_world(
     policy_id = policy.copy()
     unknown = (policy == DEFAULT_POLICY_ID) & (rng.random(n) < sc.UNKNOWN_POLICY_SHARE * 4)
     policy_id[unknown] = sc.UNKNOWN_POLICY_ID
-    # sloppy staff keep selling a little past the policy's closing hour
-    late = sloppy & ~is24 & (close_h < 28)
-    close_h[late] += 1
+    # sloppy staff keep selling an hour past the policy's closing hour
+    for i in np.flatnonzero(sloppy & ~is24):
+        bh = sc.POLICIES.get(policy[i], {}).get("business_hours")
+        if bh:
+            end_h = int(bh[1][:2]) + (24 if int(bh[1][:2]) <= int(bh[0][:2]) else 0)
+            close_h[i] = max(close_h[i], end_h + 1)
 
     hour_w = np.zeros((n, 24))
     for i in range(n):
@@ -322,10 +335,11 @@ def _draw_episodes(rng, term, start, days, n_registered, min_per_behaviour, shar
     """Pick injected terminals, behaviours, intensities and windows."""
     behaviours = list(sc.INJECTED)
     n_inj = max(int(round(n_registered * share)), len(behaviours) * min_per_behaviour)
-    candidates = [
-        i for i in rng.permutation(n_registered)
-        if term["stop_time"][i] < 0 and (lambda a: a[1] - a[0] >= 2)(_active_days(term, i, start, days))
-    ]
+    candidates = []
+    for i in rng.permutation(n_registered):
+        first, last = _active_days(term, int(i), start, days)
+        if term["stop_time"][i] < 0 and last - first >= 2:
+            candidates.append(int(i))
     if not candidates:
         candidates = list(range(n_registered))
     chosen = candidates[: min(n_inj, len(candidates))]
@@ -335,6 +349,8 @@ def _draw_episodes(rng, term, start, days, n_registered, min_per_behaviour, shar
     n_two = int(len(chosen) * sc.SECOND_BEHAVIOUR_SHARE)
     for k, i in enumerate(chosen[:n_two]):
         first_b = behaviours[k % len(behaviours)]
+        if first_b == "unregistered_use":
+            continue
         others = [b for b in behaviours if b not in (first_b, "unregistered_use")]
         plan.append((int(i), others[int(rng.integers(len(others)))]))
     level_counter: dict[str, int] = {}
@@ -402,7 +418,7 @@ def _plan_unregistered(rng, term, ep: Episode, ghosts: list, s0: int, days: int)
         t = max(t, int(term["op_start"][i]) + 3600)
         term["stop_time"][i] = t
         term["stop_status"][i] = "suspended" if kind == "after_suspension" else "terminated"
-        term["op_end"][i] = min(max(term["op_end"][i], t + hours * 3600), sim1)
+        term["op_end"][i] = min(t + hours * 3600, sim1)
 
 
 def _plan_extra(rng, term, ep: Episode) -> None:
@@ -473,9 +489,18 @@ def _registry(rng, term, n_registered: int, end: date) -> pl.DataFrame:
         active = dict(base, status="active", activated_at=_ts(act), updated_at=_ts(act))
         rows.append(active)
         last_ok = min(extract, int(term["stop_time"][i]) - 60 if term["stop_time"][i] >= 0 else extract)
-        if rng.random() < 0.12 and last_ok - act > 2 * DAY:
-            t = int(rng.integers(act + DAY, last_ok))
-            fix = dict(active, updated_at=_ts(t))
+        old_end = (te_day + 1) * DAY
+        t_ext = None
+        if (
+            rng.random() < 0.1
+            and act < old_end - 4 * DAY
+            and old_end - DAY < last_ok
+            and term["op_end"][i] == old_end
+        ):
+            t_ext = old_end - int(rng.integers(DAY, 2 * DAY))
+        fix_until = last_ok if t_ext is None else t_ext
+        if rng.random() < 0.12 and fix_until - act > 2 * DAY:
+            fix = dict(active, updated_at=_ts(int(rng.integers(act + DAY, fix_until))))
             if rng.random() < 0.5:
                 fix["registered_lat"] = round(base["registered_lat"] + rng.normal(0, 0.0004), 6)
                 fix["registered_lon"] = round(base["registered_lon"] + rng.normal(0, 0.0004), 6)
@@ -483,10 +508,8 @@ def _registry(rng, term, n_registered: int, end: date) -> pl.DataFrame:
                 fix["merchant_name"] = base["merchant_name"] + "（更名）"
             rows.append(fix)
             active = fix
-        old_end = (te_day + 1) * DAY
-        if rng.random() < 0.1 and act < old_end - 3 * DAY and old_end - 2 * DAY < min(extract, last_ok) and term["op_end"][i] == old_end:
-            t = old_end - int(rng.integers(DAY, 2 * DAY))
-            ext = dict(active, updated_at=_ts(t), trial_end=base["trial_end"] + timedelta(days=30))
+        if t_ext is not None:
+            ext = dict(active, updated_at=_ts(t_ext), trial_end=base["trial_end"] + timedelta(days=30))
             rows.append(ext)
             active = ext
             term["trial_end_day"][i] = te_day + 30
@@ -494,4 +517,4 @@ def _registry(rng, term, n_registered: int, end: date) -> pl.DataFrame:
         if term["stop_time"][i] >= 0 and term["stop_time"][i] <= extract:
             rows.append(dict(active, status=term["stop_status"][i], updated_at=_ts(int(term["stop_time"][i]))))
     schema = {c.name: c.polars_type for c in TERMINALS.columns}
-    return pl.DataFrame(rows, schema=schema, orient="row" if False else None).select(TERMINALS.names)
+    return pl.DataFrame(rows, schema=schema).select(TERMINALS.names)

@@ -11,6 +11,8 @@ import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+
 from features.schema import TABLES
 from pipelines.storage import connect
 
@@ -34,10 +36,13 @@ TERMINALS = {
 def insert(con, table: str, rows: list[dict]) -> None:
     """Insert rows into a stored table, filling absent columns with NULL."""
     cols = [c.name for c in TABLES[table][0]]
-    con.executemany(
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
-        [[r.get(c) for c in cols] for r in rows],
-    )
+    # One Arrow batch instead of row-by-row executemany, which is slow in DuckDB.
+    batch = pa.table({c: [r.get(c) for r in rows] for c in cols})
+    con.register("_batch", batch)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _batch")
+    finally:
+        con.unregister("_batch")
 
 
 def reason(code: str, text: str, observed: float, threshold: float) -> dict:
@@ -54,7 +59,9 @@ def build_store(path: Path) -> Path:
             {
                 "policy_id": "default",
                 "version": "v" * 64,
-                "body": json.dumps({"max_txn_amount_minor": 500000, "geofence_m": {"fixed_pos": 500}}),
+                "body": json.dumps(
+                    {"max_txn_amount_minor": 500000, "geofence_m": {"fixed_pos": 500}}
+                ),
                 "file_id": "f-policy",
                 "loaded_at": datetime(2025, 2, 20, 9),
             }
@@ -80,8 +87,10 @@ def build_store(path: Path) -> Path:
             "status": status,
             "file_id": "f-terminals",
         }
-        terminals.append(base | {"updated_at": datetime(2025, 2, 27, 9), "status": "pending",
-                                 "line_no": 2 * i + 1})
+        terminals.append(
+            base
+            | {"updated_at": datetime(2025, 2, 27, 9), "status": "pending", "line_no": 2 * i + 1}
+        )
         terminals.append(base | {"updated_at": datetime(2025, 2, 28, 10), "line_no": 2 * i + 2})
         for d in range(active):
             day = START + timedelta(days=d)
@@ -115,50 +124,105 @@ def build_store(path: Path) -> Path:
     insert(con, "transactions", txns)
     flags = [
         # T1: relocation, high, open, with an untrusted reason text.
-        dict(flag_id="F-REL-1", terminal_id="T0000001", behaviour="relocation",
-             category="illegal_terminal", score=0.93, severity="high",
-             first_seen=date(2025, 3, 8), last_seen=AS_OF,
-             reasons=[reason("distance_km", "used 100 km from the registered address", 100.0, 0.5),
-                      reason("note", EVIL_REASON, 1.0, 0.0)],
-             evidence=["X1070", "X1080", "X1090"], status="open"),
+        {
+            "flag_id": "F-REL-1",
+            "terminal_id": "T0000001",
+            "behaviour": "relocation",
+            "category": "illegal_terminal",
+            "score": 0.93,
+            "severity": "high",
+            "first_seen": date(2025, 3, 8),
+            "last_seen": AS_OF,
+            "reasons": [
+                reason("distance_km", "used 100 km from the registered address", 100.0, 0.5),
+                reason("note", EVIL_REASON, 1.0, 0.0),
+            ],
+            "evidence": ["X1070", "X1080", "X1090"],
+            "status": "open",
+        },
         # T2: card testing, medium, open.
-        dict(flag_id="F-CT-2", terminal_id="T0000002", behaviour="card_testing",
-             category="illegal_terminal", score=0.55, severity="medium",
-             first_seen=date(2025, 3, 9), last_seen=AS_OF,
-             reasons=[reason("decline_rate", "half of the transactions declined", 0.5, 0.2)],
-             evidence=["X2090", "X2092"], status="open"),
+        {
+            "flag_id": "F-CT-2",
+            "terminal_id": "T0000002",
+            "behaviour": "card_testing",
+            "category": "illegal_terminal",
+            "score": 0.55,
+            "severity": "medium",
+            "first_seen": date(2025, 3, 9),
+            "last_seen": AS_OF,
+            "reasons": [reason("decline_rate", "half of the transactions declined", 0.5, 0.2)],
+            "evidence": ["X2090", "X2092"],
+            "status": "open",
+        },
         # T3: a dismissed flag only.
-        dict(flag_id="F-MAL-3", terminal_id="T0000003", behaviour="malfunction",
-             category="operational", score=0.3, severity="low",
-             first_seen=date(2025, 3, 2), last_seen=date(2025, 3, 2),
-             reasons=[reason("reversals", "reversals above normal", 3.0, 2.0)],
-             evidence=["X3010"], status="dismissed"),
+        {
+            "flag_id": "F-MAL-3",
+            "terminal_id": "T0000003",
+            "behaviour": "malfunction",
+            "category": "operational",
+            "score": 0.3,
+            "severity": "low",
+            "first_seen": date(2025, 3, 2),
+            "last_seen": date(2025, 3, 2),
+            "reasons": [reason("reversals", "reversals above normal", 3.0, 2.0)],
+            "evidence": ["X3010"],
+            "status": "dismissed",
+        },
         # T4: trial limit breach, critical, open.
-        dict(flag_id="F-TLB-4", terminal_id="T0000004", behaviour="trial_limit_breach",
-             category="non_compliance", score=0.99, severity="critical",
-             first_seen=AS_OF, last_seen=AS_OF,
-             reasons=[reason("daily_amount", "daily amount over the cap", 2500000.0, 2000000.0)],
-             evidence=["X4090"], status="open"),
+        {
+            "flag_id": "F-TLB-4",
+            "terminal_id": "T0000004",
+            "behaviour": "trial_limit_breach",
+            "category": "non_compliance",
+            "score": 0.99,
+            "severity": "critical",
+            "first_seen": AS_OF,
+            "last_seen": AS_OF,
+            "reasons": [reason("daily_amount", "daily amount over the cap", 2500000.0, 2000000.0)],
+            "evidence": ["X4090"],
+            "status": "open",
+        },
         # T1 again: a confirmed pan exposure from earlier.
-        dict(flag_id="F-PAN-1", terminal_id="T0000001", behaviour="pan_exposure",
-             category="data_leakage", score=0.7, severity="medium",
-             first_seen=date(2025, 3, 3), last_seen=date(2025, 3, 3),
-             reasons=[reason("redactions", "card numbers in merchant free text", 1.0, 0.0)],
-             evidence=[], status="confirmed"),
+        {
+            "flag_id": "F-PAN-1",
+            "terminal_id": "T0000001",
+            "behaviour": "pan_exposure",
+            "category": "data_leakage",
+            "score": 0.7,
+            "severity": "medium",
+            "first_seen": date(2025, 3, 3),
+            "last_seen": date(2025, 3, 3),
+            "reasons": [reason("redactions", "card numbers in merchant free text", 1.0, 0.0)],
+            "evidence": [],
+            "status": "confirmed",
+        },
         # T6: snoozed until 2025-03-12.
-        dict(flag_id="F-SNZ-6", terminal_id="T0000006", behaviour="mcc_mismatch",
-             category="illegal_terminal", score=0.6, severity="high",
-             first_seen=date(2025, 3, 5), last_seen=date(2025, 3, 6),
-             reasons=[reason("mcc", "message MCC differs from the registered one", 1.0, 0.0)],
-             evidence=["X6050"], status="snoozed"),
+        {
+            "flag_id": "F-SNZ-6",
+            "terminal_id": "T0000006",
+            "behaviour": "mcc_mismatch",
+            "category": "illegal_terminal",
+            "score": 0.6,
+            "severity": "high",
+            "first_seen": date(2025, 3, 5),
+            "last_seen": date(2025, 3, 6),
+            "reasons": [reason("mcc", "message MCC differs from the registered one", 1.0, 0.0)],
+            "evidence": ["X6050"],
+            "status": "snoozed",
+        },
     ]
     merchant = {t["terminal_id"]: t["merchant_id"] for t in terminals}
     insert(
         con,
         "flags",
         [
-            f | {"reasons": json.dumps(f["reasons"]), "evidence": json.dumps(f["evidence"]),
-                 "merchant_id": merchant[f["terminal_id"]], "run_id": "run-1"}
+            f
+            | {
+                "reasons": json.dumps(f["reasons"]),
+                "evidence": json.dumps(f["evidence"]),
+                "merchant_id": merchant[f["terminal_id"]],
+                "run_id": "run-1",
+            }
             for f in flags
         ],
     )
@@ -166,67 +230,147 @@ def build_store(path: Path) -> Path:
         con,
         "dispositions",
         [
-            dict(flag_id="F-MAL-3", decision="dismissed", analyst="li", note="known outage",
-                 decided_at=datetime(2025, 3, 3, 9)),
-            dict(flag_id="F-PAN-1", decision="confirmed", analyst="wang", note="seen on receipt",
-                 decided_at=datetime(2025, 3, 4, 9)),
-            dict(flag_id="F-SNZ-6", decision="snoozed", analyst="li", note="MCC fix pending",
-                 decided_at=datetime(2025, 3, 7, 9), snooze_until=date(2025, 3, 12)),
+            {
+                "flag_id": "F-MAL-3",
+                "decision": "dismissed",
+                "analyst": "li",
+                "note": "known outage",
+                "decided_at": datetime(2025, 3, 3, 9),
+            },
+            {
+                "flag_id": "F-PAN-1",
+                "decision": "confirmed",
+                "analyst": "wang",
+                "note": "seen on receipt",
+                "decided_at": datetime(2025, 3, 4, 9),
+            },
+            {
+                "flag_id": "F-SNZ-6",
+                "decision": "snoozed",
+                "analyst": "li",
+                "note": "MCC fix pending",
+                "decided_at": datetime(2025, 3, 7, 9),
+                "snooze_until": date(2025, 3, 12),
+            },
         ],
     )
     insert(
         con,
         "at_risk_cards",
-        [dict(flag_id="F-PAN-1", terminal_id="T0000001", card_token="tokT00000010",
-              card_bin="622202", card_last4="1000", run_id="run-1")],
+        [
+            {
+                "flag_id": "F-PAN-1",
+                "terminal_id": "T0000001",
+                "card_token": "tokT00000010",
+                "card_bin": "622202",
+                "card_last4": "1000",
+                "run_id": "run-1",
+            }
+        ],
     )
     insert(
         con,
         "ingest_manifest",
         [
-            dict(file_id="f-txns", source_path="landing/txns.csv", kind="transactions",
-                 format="csv", encoding="utf-8", status="loaded", rows_read=len(txns) + 2,
-                 accepted=len(txns), quarantined=2, duplicates=0, pan_redactions=1,
-                 gate_success=True, started_at=datetime(2025, 3, 11, 1),
-                 finished_at=datetime(2025, 3, 11, 1, 1)),
-            dict(file_id="f-bad", source_path="landing/bad.csv", kind="transactions",
-                 format="csv", status="rejected", rows_read=10, accepted=0, quarantined=0,
-                 gate_success=False, message="header not recognised",
-                 started_at=datetime(2025, 3, 11, 1), finished_at=datetime(2025, 3, 11, 1)),
+            {
+                "file_id": "f-txns",
+                "source_path": "landing/txns.csv",
+                "kind": "transactions",
+                "format": "csv",
+                "encoding": "utf-8",
+                "status": "loaded",
+                "rows_read": len(txns) + 2,
+                "accepted": len(txns),
+                "quarantined": 2,
+                "duplicates": 0,
+                "pan_redactions": 1,
+                "gate_success": True,
+                "started_at": datetime(2025, 3, 11, 1),
+                "finished_at": datetime(2025, 3, 11, 1, 1),
+            },
+            {
+                "file_id": "f-bad",
+                "source_path": "landing/bad.csv",
+                "kind": "transactions",
+                "format": "csv",
+                "status": "rejected",
+                "rows_read": 10,
+                "accepted": 0,
+                "quarantined": 0,
+                "gate_success": False,
+                "message": "header not recognised",
+                "started_at": datetime(2025, 3, 11, 1),
+                "finished_at": datetime(2025, 3, 11, 1),
+            },
         ],
     )
     insert(
         con,
         "gate_results",
         [
-            dict(file_id="f-txns", kind="transactions", suite="transactions_gate", success=True,
-                 evaluated=40, failed=0, details="[]", validated_at=datetime(2025, 3, 11, 1)),
-            dict(file_id="f-bad", kind="transactions", suite="transactions_gate", success=False,
-                 evaluated=40, failed=3,
-                 details=json.dumps([{"expectation": "amount_minor >= 0", "observed": "<b>-5</b>"}]),
-                 validated_at=datetime(2025, 3, 11, 1)),
+            {
+                "file_id": "f-txns",
+                "kind": "transactions",
+                "suite": "transactions_gate",
+                "success": True,
+                "evaluated": 40,
+                "failed": 0,
+                "details": "[]",
+                "validated_at": datetime(2025, 3, 11, 1),
+            },
+            {
+                "file_id": "f-bad",
+                "kind": "transactions",
+                "suite": "transactions_gate",
+                "success": False,
+                "evaluated": 40,
+                "failed": 3,
+                "details": json.dumps(
+                    [{"expectation": "amount_minor >= 0", "observed": "<b>-5</b>"}]
+                ),
+                "validated_at": datetime(2025, 3, 11, 1),
+            },
         ],
     )
     insert(
         con,
         "quarantine",
         [
-            dict(file_id="f-txns", source_path="landing/txns.csv", kind="transactions", line_no=7,
-                 reason="amount_minor '12.50' is not whole minor units", raw_row="{}",
-                 quarantined_at=datetime(2025, 3, 11, 1)),
-            dict(file_id="f-txns", source_path="landing/txns.csv", kind="transactions", line_no=9,
-                 reason="entry_mode '5' is not one of 01, 02, 03, 05, 07, 80, 90, 91",
-                 raw_row="{}", quarantined_at=datetime(2025, 3, 11, 1)),
+            {
+                "file_id": "f-txns",
+                "source_path": "landing/txns.csv",
+                "kind": "transactions",
+                "line_no": 7,
+                "reason": "amount_minor '12.50' is not whole minor units",
+                "raw_row": "{}",
+                "quarantined_at": datetime(2025, 3, 11, 1),
+            },
+            {
+                "file_id": "f-txns",
+                "source_path": "landing/txns.csv",
+                "kind": "transactions",
+                "line_no": 9,
+                "reason": "entry_mode '5' is not one of 01, 02, 03, 05, 07, 80, 90, 91",
+                "raw_row": "{}",
+                "quarantined_at": datetime(2025, 3, 11, 1),
+            },
         ],
     )
     insert(
         con,
         "runs",
         [
-            dict(run_id="run-1", command="run", as_of=AS_OF, started_at=datetime(2025, 3, 11, 2),
-                 finished_at=datetime(2025, 3, 11, 2, 1), status="succeeded",
-                 row_counts=json.dumps({"transactions": len(txns), "flags": len(flags)}),
-                 duration_s=60.0, code_version="abc123"),
+            {
+                "run_id": "run-1",
+                "command": "run",
+                "as_of": AS_OF,
+                "started_at": datetime(2025, 3, 11, 2),
+                "finished_at": datetime(2025, 3, 11, 2, 1),
+                "status": "succeeded",
+                "row_counts": json.dumps({"transactions": len(txns), "flags": len(flags)}),
+                "duration_s": 60.0,
+                "code_version": "abc123",
+            },
         ],
     )
     con.close()

@@ -29,3 +29,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+SMALL_TRIAL_START = "2025-09-01"
+SMALL_TRIAL_DAYS = 4
+
+
+@pytest.fixture(scope="session")
+def small_trial_landing(tmp_path_factory):
+    """A small simulated trial written to disk (30 terminals, 4 days from 2025-09-01).
+
+    Returns the ``landing/`` folder (terminals, transactions per day, events,
+    fraud reports, policies.toml). Shared read-only: copy it before changing it.
+    """
+    from datetime import date
+
+    from pipelines.simulate import write_trial
+
+    out = tmp_path_factory.mktemp("small_trial")
+    write_trial(out, 30, SMALL_TRIAL_DAYS, date.fromisoformat(SMALL_TRIAL_START), 7)
+    return out / "landing"

@@ -1,0 +1,719 @@
+"""``trialguard run``: detect behaviours for a date (or a range) and write flag episodes.
+
+One run date ``D``:
+
+1. read the day's transactions (with the originals refunds point at), the
+   registry rows known by the end of ``D``, the latest version of every policy;
+2. per terminal (:func:`detect_partition`, no I/O, could run per partition on
+   Dask): per-transaction signals, terminal-day aggregates with evidence, rule
+   detections;
+3. cross-terminal: 7/30-day history from the ``terminal_day`` table, peer groups
+   and the peer anomaly model, the leakage detectors (``pipelines.leakage``);
+4. merge detections into ``flags`` (``models.episodes``), write ``at_risk_cards``,
+   upsert the day's ``terminal_day`` rows and record the run in ``runs``.
+
+With ``persist=False`` nothing is written (backtests); the aggregates and flags
+of earlier days of the same :func:`run_range` are kept in memory instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from features.daily import terminal_day
+from features.peers import with_peer_features
+from features.policy import policy_frame
+from features.schema import (
+    AT_RISK_CARDS_COLUMNS,
+    DETECTION_SCHEMA,
+    FLAGS_COLUMNS,
+    REASON_STRUCT,
+    TERMINAL_DAY_COLUMNS,
+)
+from features.transactions import enrich_transactions
+from models import rules
+from models.anomaly import anomaly_detections, anomaly_view
+from models.config import config_version, load_config
+from models.episodes import FLAG_FRAME_SCHEMA, merge_detections
+
+log = logging.getLogger(__name__)
+
+HISTORY_DAYS = 30
+#: Lines either side of an implausibly-timed row searched for a neighbour of the run date.
+NEIGHBOUR_LINES = 20
+
+
+@dataclass
+class DetectionResult:
+    """What one run date produced.
+
+    ``detections`` has :data:`features.schema.DETECTION_SCHEMA`; ``flags`` holds
+    the flags the run created or extended, with the columns of the ``flags``
+    table (``reasons`` and ``evidence`` as JSON text); ``at_risk`` the
+    ``at_risk_cards`` rows; ``counts`` row counts and timings.
+    """
+
+    as_of: date
+    run_id: str
+    detections: pl.DataFrame
+    flags: pl.DataFrame
+    at_risk: pl.DataFrame
+    counts: dict[str, Any]
+
+
+@dataclass
+class _Memory:
+    """Aggregates and flags of earlier days of an in-memory (``persist=False``) range."""
+
+    terminal_day: list[pl.DataFrame] = field(default_factory=list)
+    flags: pl.DataFrame | None = None
+    at_risk: pl.DataFrame | None = None
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def _exec(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> None:
+    """Run a statement and finish its result (DuckDB 2 refuses new work while one is open)."""
+    con.execute(sql, params or []).fetchall()
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    """Run ``sql`` and return a polars frame."""
+    rel = con.sql(sql, params=params) if params else con.sql(sql)
+    return pl.from_arrow(rel.to_arrow_table())
+
+
+def load_policies(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """The latest loaded version of every policy: policy_id -> body."""
+    rows = con.execute(
+        "SELECT policy_id, CAST(body AS VARCHAR) FROM policies "
+        "QUALIFY row_number() OVER (PARTITION BY policy_id ORDER BY loaded_at DESC, version) = 1"
+    ).fetchall()
+    return {pid: json.loads(body) for pid, body in rows}
+
+
+def policy_version(policies: dict[str, dict[str, Any]]) -> str:
+    """sha256 of the policies in force (canonical JSON)."""
+    text = json.dumps(policies, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_day_transactions(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
+    """Transactions of local day ``as_of`` with the original a refund refers to."""
+    return _frame(
+        con,
+        """
+        SELECT t.* EXCLUDE (extra),
+               o.terminal_id AS orig_terminal_id,
+               o.card_token AS orig_card_token,
+               o.amount_minor AS orig_amount_minor
+        FROM transactions t
+        LEFT JOIN transactions o
+          ON t.original_txn_id IS NOT NULL AND o.txn_id = t.original_txn_id
+        WHERE t.local_date = ?
+        """,
+        [as_of],
+    )
+
+
+def read_registry(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
+    """Registry rows known by the end of ``as_of`` (every version)."""
+    end = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
+    return _frame(con, "SELECT * EXCLUDE (extra) FROM terminals WHERE updated_at < ?", [end])
+
+
+def read_implausible(
+    con: duckdb.DuckDBPyConnection, as_of: date, config: dict[str, Any]
+) -> pl.DataFrame:
+    """Rows whose time is implausible (clock skew), attributed to ``as_of``.
+
+    A row is implausible when its local day is more than ``implausible_days``
+    before the earliest trial start or after the latest trial end of the
+    registry. It belongs to the run date of a neighbouring line of its source
+    file (within :data:`NEIGHBOUR_LINES` lines), i.e. to the day it was sent.
+    """
+    days = int(config["malfunction"]["implausible_days"])
+    bounds = con.execute("SELECT min(trial_start), max(trial_end) FROM terminals").fetchall()[0]
+    if bounds is None or bounds[0] is None:
+        return pl.DataFrame(schema={"terminal_id": pl.String, "txn_id": pl.String})
+    lo, hi = bounds[0] - timedelta(days=days), bounds[1] + timedelta(days=days)
+    return _frame(
+        con,
+        f"""
+        WITH odd AS (
+            SELECT txn_id, terminal_id, file_id, line_no, txn_time FROM transactions
+            WHERE local_date < ? OR local_date > ?
+        ),
+        probe AS (
+            SELECT odd.*, odd.line_no + k AS near_line
+            FROM odd, range(-{NEIGHBOUR_LINES}, {NEIGHBOUR_LINES + 1}) r(k)
+            WHERE k <> 0
+        )
+        SELECT DISTINCT p.terminal_id, p.txn_id, p.txn_time
+        FROM probe p JOIN transactions t
+          ON t.file_id = p.file_id AND t.line_no = p.near_line
+        WHERE t.local_date = ?
+        ORDER BY p.terminal_id, p.txn_time, p.txn_id
+        """,
+        [lo, hi, as_of],
+    ).select("terminal_id", "txn_id")
+
+
+def read_history(con: duckdb.DuckDBPyConnection, as_of: date, days: int = HISTORY_DAYS) -> pl.DataFrame:
+    """``terminal_day`` rows of the ``days`` days before ``as_of`` (history features)."""
+    return _frame(
+        con,
+        "SELECT terminal_id, local_date, n_txn, cap_amount FROM terminal_day "
+        "WHERE local_date >= ? AND local_date < ?",
+        [as_of - timedelta(days=days), as_of],
+    )
+
+
+def _json_lists(df: pl.DataFrame) -> pl.DataFrame:
+    """Flags as read from the table -> ``reasons`` / ``evidence`` as lists."""
+    reasons = [json.loads(r) if r else [] for r in df.get_column("reasons").to_list()]
+    evidence = [json.loads(e) if e else [] for e in df.get_column("evidence").to_list()]
+    return df.with_columns(
+        pl.Series("reasons", reasons, dtype=pl.List(REASON_STRUCT)),
+        pl.Series("evidence", evidence, dtype=pl.List(pl.String)),
+    ).select(FLAG_FRAME_SCHEMA.names()).cast(dict(FLAG_FRAME_SCHEMA))
+
+
+def read_flags(con: duckdb.DuckDBPyConnection, as_of: date, gap_days: int) -> pl.DataFrame:
+    """Flags an episode on ``as_of`` could extend (within ``gap_days``)."""
+    df = _frame(
+        con,
+        "SELECT flag_id, terminal_id, merchant_id, behaviour, category, score, severity, "
+        "first_seen, last_seen, CAST(reasons AS VARCHAR) AS reasons, "
+        "CAST(evidence AS VARCHAR) AS evidence, status, run_id FROM flags "
+        "WHERE last_seen >= ? AND first_seen <= ?",
+        [as_of - timedelta(days=gap_days), as_of + timedelta(days=gap_days)],
+    )
+    if df.height == 0:
+        return pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
+    return _json_lists(df)
+
+
+def read_dispositions(con: duckdb.DuckDBPyConnection, flag_ids: list[str]) -> pl.DataFrame:
+    """Analyst decisions on the given flags."""
+    if not flag_ids:
+        return pl.DataFrame(
+            schema={"flag_id": pl.String, "decision": pl.String, "decided_at": pl.Datetime("us"),
+                    "snooze_until": pl.Date}
+        )
+    ids = pl.DataFrame({"flag_id": flag_ids})
+    con.register("_tg_flag_ids", ids.to_arrow())
+    try:
+        return _frame(
+            con,
+            "SELECT d.flag_id, d.decision, d.decided_at, d.snooze_until FROM dispositions d "
+            "JOIN _tg_flag_ids USING (flag_id)",
+        )
+    finally:
+        con.unregister("_tg_flag_ids")
+
+
+# ---------------------------------------------------------------------------
+# Pure steps
+# ---------------------------------------------------------------------------
+
+
+def detect_partition(
+    txns: pl.DataFrame | pl.LazyFrame,
+    registry: pl.DataFrame | pl.LazyFrame,
+    policies: pl.DataFrame,
+    config: dict[str, Any],
+    implausible: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-terminal work for one set of terminals: (terminal-day frame, rule detections).
+
+    No I/O and nothing shared between terminals, so it can run per terminal
+    partition (e.g. as a Dask task) and the results be concatenated.
+
+    Parameters
+    ----------
+    txns : DataFrame or LazyFrame
+        The terminals' transactions of the day (stored columns; optional
+        ``orig_*`` columns from the refund lookup).
+    registry : DataFrame or LazyFrame
+        Their registry rows (every version known by the end of the day).
+    policies : DataFrame
+        :func:`features.policy.policy_frame` output.
+    config : dict
+        Thresholds.
+    implausible : DataFrame or None
+        ``terminal_id, txn_id`` of implausibly-timed rows attributed to the day.
+    """
+    enriched = enrich_transactions(txns.lazy(), registry.lazy(), policies, config)
+    day = terminal_day(enriched, config).collect()
+    day = _with_implausible(day, implausible)
+    detections = rules.detect(day.lazy(), config).collect()
+    return day, detections
+
+
+def _with_implausible(day: pl.DataFrame, implausible: pl.DataFrame | None) -> pl.DataFrame:
+    """Add ``n_implausible_time`` and the rows as malfunction evidence."""
+    if implausible is None or implausible.height == 0:
+        return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    per = implausible.group_by("terminal_id", maintain_order=True).agg(
+        pl.len().cast(pl.Int64).alias("n_implausible_time"),
+        pl.col("txn_id").alias("_odd_ids"),
+    )
+    out = day.join(per, on="terminal_id", how="left")
+    return out.with_columns(
+        pl.col("n_implausible_time").fill_null(0),
+        pl.concat_list(pl.col("_odd_ids").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                       "ev_malfunction")
+        .list.head(50)
+        .alias("ev_malfunction"),
+    ).drop("_odd_ids")
+
+
+def with_history(day: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
+    """7- and 30-day own-history features from earlier ``terminal_day`` rows.
+
+    ``n_txn_vs_7d`` / ``cap_amount_vs_7d``: log ratio of today to the 7-day daily
+    mean (0 without history); ``days_seen_30d``: active days in the last 30.
+    """
+    if history.height == 0:
+        hist = pl.DataFrame(
+            schema={"terminal_id": pl.String, "n_txn_7d": pl.Float64, "cap_amount_7d": pl.Float64,
+                    "n_txn_30d": pl.Float64, "days_seen_30d": pl.Int64}
+        )
+    else:
+        last = history.get_column("local_date").max()
+        recent = pl.col("local_date") > pl.lit(last - timedelta(days=7))
+        hist = history.group_by("terminal_id").agg(
+            pl.col("n_txn").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias("n_txn_7d"),
+            pl.col("cap_amount").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias(
+                "cap_amount_7d"
+            ),
+            pl.col("n_txn").sum().cast(pl.Float64).truediv(30.0).alias("n_txn_30d"),
+            pl.len().cast(pl.Int64).alias("days_seen_30d"),
+        )
+    out = day.join(hist, on="terminal_id", how="left")
+    has = pl.col("days_seen_30d").fill_null(0) > 0
+    return out.with_columns(
+        pl.when(has)
+        .then(pl.col("n_txn").cast(pl.Float64).log1p() - pl.col("n_txn_7d").log1p())
+        .otherwise(0.0)
+        .alias("n_txn_vs_7d"),
+        pl.when(has)
+        .then(pl.col("cap_amount").cast(pl.Float64).fill_null(0).log1p() - pl.col("cap_amount_7d").log1p())
+        .otherwise(0.0)
+        .alias("cap_amount_vs_7d"),
+        pl.col("days_seen_30d").fill_null(0),
+    )
+
+
+def _flags_as_table(flags: pl.DataFrame) -> pl.DataFrame:
+    """Flag frame (lists) -> the columns of the ``flags`` table (JSON text)."""
+    reasons = [json.dumps(r, ensure_ascii=False) for r in flags.get_column("reasons").to_list()]
+    evidence = [json.dumps(e) for e in flags.get_column("evidence").to_list()]
+    return flags.with_columns(
+        pl.Series("reasons", reasons, dtype=pl.String),
+        pl.Series("evidence", evidence, dtype=pl.String),
+    ).select([c.name for c in FLAGS_COLUMNS])
+
+
+def _at_risk_rows(at_risk: pl.DataFrame, flags: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    """At-risk cards with the flag_id of their terminal's card_compromise flag."""
+    names = [c.name for c in AT_RISK_CARDS_COLUMNS]
+    if at_risk is None or at_risk.height == 0:
+        return pl.DataFrame(schema={n: pl.String for n in names}).cast(
+            {"first_seen": pl.Datetime("us"), "last_seen": pl.Datetime("us")}
+        )
+    cc = flags.filter(pl.col("behaviour") == "card_compromise").select("terminal_id", "flag_id")
+    return (
+        at_risk.join(cc, on="terminal_id", how="inner")
+        .with_columns(pl.lit(run_id).alias("run_id"))
+        .select(names)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """``git rev-parse HEAD`` of the working tree, else the package version."""
+    from pipelines.settings import PROJECT_ROOT
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"trialguard {version('trialguard')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:
+    if df.height == 0:
+        return
+    con.register("_tg_insert", df.to_arrow())
+    try:
+        cols = ", ".join(df.columns)
+        _exec(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _tg_insert")
+    finally:
+        con.unregister("_tg_insert")
+
+
+def _write(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    day: pl.DataFrame,
+    flags_table: pl.DataFrame,
+    at_risk_rows: pl.DataFrame,
+    run_id: str,
+) -> None:
+    """Upsert the day's terminal_day rows and the touched flags; replace their at-risk cards."""
+    td_cols = [c.name for c in TERMINAL_DAY_COLUMNS]
+    td = day.with_columns(pl.lit(run_id).alias("run_id")).select(td_cols)
+    _exec(con, "BEGIN TRANSACTION")
+    try:
+        _exec(con, "DELETE FROM terminal_day WHERE local_date = ?", [as_of])
+        _insert(con, "terminal_day", td)
+        if flags_table.height:
+            ids = flags_table.select("flag_id")
+            con.register("_tg_ids", ids.to_arrow())
+            _exec(con, "DELETE FROM flags WHERE flag_id IN (SELECT flag_id FROM _tg_ids)")
+            con.unregister("_tg_ids")
+            _insert(con, "flags", flags_table)
+        if at_risk_rows.height:
+            ids = at_risk_rows.select("flag_id").unique()
+            con.register("_tg_ids", ids.to_arrow())
+            _exec(con, "DELETE FROM at_risk_cards WHERE flag_id IN (SELECT flag_id FROM _tg_ids)")
+            con.unregister("_tg_ids")
+            _insert(con, "at_risk_cards", at_risk_rows)
+        _exec(con, "COMMIT")
+    except Exception:
+        _exec(con, "ROLLBACK")
+        raise
+
+
+def _record_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, as_of: date, started: datetime, **values: Any
+) -> None:
+    """Insert or update the ``runs`` row of this run."""
+    _exec(con, "DELETE FROM runs WHERE run_id = ?", [run_id])
+    cols = ["run_id", "command", "as_of", "started_at", *values]
+    params = [run_id, "run", as_of, started, *values.values()]
+    _exec(con, 
+        f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", params
+    )
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def _leakage(con, as_of: date, config: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Detections and at-risk cards of ``pipelines.leakage`` (empty if it is not built yet)."""
+    try:
+        from pipelines.leakage import run_leakage_detectors
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pipelines.leakage", "models.compromise", "models.hotspot",
+                            "models.exposure"):
+            raise
+        log.warning("pipelines.leakage is not available; skipping cross-terminal leakage detectors")
+        return pl.DataFrame(schema=DETECTION_SCHEMA), None
+    det, at_risk = run_leakage_detectors(con, as_of, config)
+    return det.select(DETECTION_SCHEMA.names()).cast(dict(DETECTION_SCHEMA)), at_risk
+
+
+def _run_one(
+    settings,
+    as_of: date,
+    *,
+    con: duckdb.DuckDBPyConnection,
+    config: dict[str, Any],
+    policies_override: dict | None,
+    persist: bool,
+    run_id: str | None,
+    memory: _Memory | None,
+) -> DetectionResult:
+    t0 = time.perf_counter()
+    started = datetime.now()
+    run_id = run_id or f"run-{as_of.isoformat()}-{uuid.uuid4().hex[:8]}"
+    policies = load_policies(con)
+    if policies_override:
+        policies.update(policies_override)
+    cfg_version, pol_version = config_version(config), policy_version(policies)
+    if persist:
+        _record_run(con, run_id, as_of, started, status="running", code_version=code_version(),
+                    config_version=cfg_version, policy_version=pol_version)
+    try:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        txns = read_day_transactions(con, as_of)
+        registry = read_registry(con, as_of)
+        implausible = read_implausible(con, as_of, config)
+        history = read_history(con, as_of)
+        if memory is not None and memory.terminal_day:
+            mem = pl.concat([d.select(history.columns) for d in memory.terminal_day]).filter(
+                pl.col("local_date") >= as_of - timedelta(days=HISTORY_DAYS),
+                pl.col("local_date") < as_of,
+            )
+            history = pl.concat([history.filter(~pl.col("local_date").is_in(mem["local_date"].unique())), mem])
+        timings["read_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        pol = policy_frame(policies, config["default_policy"])
+        day, detections = detect_partition(txns, registry, pol, config, implausible)
+        timings["per_terminal_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        day = with_history(day, history)
+        day = with_peer_features(day.lazy(), int(config["anomaly"]["min_peers"])).collect()
+        view = anomaly_view(day, config)
+        detections = anomaly_detections(detections, view, day, config)
+        timings["peers_anomaly_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        leak_det, at_risk = _leakage(con, as_of, config)
+        detections = pl.concat([detections, leak_det]).sort("terminal_id", "behaviour")
+        timings["leakage_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        gap = int(config["episodes"]["gap_days"])
+        existing = read_flags(con, as_of, gap)
+        if memory is not None and memory.flags is not None:
+            existing = pl.concat(
+                [existing.filter(~pl.col("flag_id").is_in(memory.flags["flag_id"])), memory.flags]
+            )
+        dispositions = read_dispositions(con, existing.get_column("flag_id").to_list())
+        merchants = day.select("terminal_id", "merchant_id").filter(pl.col("merchant_id").is_not_null())
+        touched = merge_detections(
+            existing, detections, as_of, run_id, config,
+            dispositions=dispositions, merchants=merchants,
+        )
+        flags_table = _flags_as_table(touched)
+        at_risk_rows = _at_risk_rows(at_risk, touched, run_id)
+        timings["episodes_s"] = time.perf_counter() - t
+
+        if persist:
+            t = time.perf_counter()
+            _write(con, as_of, day, flags_table, at_risk_rows, run_id)
+            timings["write_s"] = time.perf_counter() - t
+        elif memory is not None:
+            memory.terminal_day.append(day.select("terminal_id", "local_date", "n_txn", "cap_amount"))
+            prev = memory.flags if memory.flags is not None else pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
+            memory.flags = pl.concat(
+                [prev.filter(~pl.col("flag_id").is_in(touched["flag_id"])), touched]
+            )
+
+        counts: dict[str, Any] = {
+            "transactions": txns.height,
+            "terminals": day.height,
+            "registry_rows": registry.height,
+            "implausible": implausible.height,
+            "detections": detections.height,
+            "flags": flags_table.height,
+            "new_flags": int(touched.filter(pl.col("first_seen") == as_of).height),
+            "at_risk_cards": at_risk_rows.height,
+            "by_behaviour": dict(
+                detections.group_by("behaviour").len().sort("behaviour").iter_rows()
+            ),
+            **{k: round(v, 3) for k, v in timings.items()},
+        }
+        duration = time.perf_counter() - t0
+        counts["duration_s"] = round(duration, 3)
+        if persist:
+            inputs = sorted(set(txns.get_column("file_id").unique().to_list())) if txns.height else []
+            _record_run(
+                con, run_id, as_of, started, status="succeeded", finished_at=datetime.now(),
+                inputs=json.dumps({"transaction_files": inputs}),
+                code_version=code_version(), config_version=cfg_version,
+                policy_version=pol_version, row_counts=json.dumps(counts, default=str),
+                duration_s=duration,
+            )
+        return DetectionResult(as_of, run_id, detections, flags_table, at_risk_rows, counts)
+    except Exception as exc:
+        if persist:
+            _record_run(
+                con, run_id, as_of, started, status="failed", finished_at=datetime.now(),
+                code_version=code_version(), config_version=cfg_version,
+                policy_version=pol_version, duration_s=time.perf_counter() - t0,
+                message=f"{type(exc).__name__}: {exc}"[:2000],
+            )
+        raise
+
+
+def run_detection(
+    settings,
+    as_of: date,
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+    config: dict[str, Any] | None = None,
+    policies_override: dict | None = None,
+    persist: bool = True,
+    run_id: str | None = None,
+) -> DetectionResult:
+    """Detect behaviours on local day ``as_of`` and (unless ``persist=False``) write flags.
+
+    Parameters
+    ----------
+    settings : Settings
+        Names the database (used when ``con`` is not given).
+    as_of : date
+        The local day to detect on.
+    con : DuckDB connection or None
+        An open connection to use (not closed here).
+    config : dict or None
+        Thresholds (:func:`models.config.load_config`); ``None`` loads the defaults.
+    policies_override : dict or None
+        policy_id -> body replacing the stored versions (backtests).
+    persist : bool
+        ``False`` writes nothing at all: no flags, no aggregates, no ``runs`` row.
+    run_id : str or None
+        Id recorded with the run and written into touched flags.
+
+    Returns
+    -------
+    DetectionResult
+    """
+    return run_range(
+        settings, as_of, as_of, con=con, config=config, policies_override=policies_override,
+        persist=persist, run_id=run_id,
+    )[0]
+
+
+def run_range(
+    settings,
+    start: date,
+    end: date,
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+    config: dict[str, Any] | None = None,
+    policies_override: dict | None = None,
+    persist: bool = True,
+    run_id: str | None = None,
+    progress=None,
+) -> list[DetectionResult]:
+    """:func:`run_detection` for every day from ``start`` to ``end`` (inclusive), in date order.
+
+    With ``persist=False`` the days see each other's aggregates and flags in
+    memory, exactly as if they had been written. ``progress`` (optional) is
+    called with each :class:`DetectionResult`.
+    """
+    if end < start:
+        raise ValueError(f"--to {end} is before --from {start}; give the earlier date first")
+    from pipelines.storage import connect
+
+    config = load_config() if config is None else config
+    own = con is None
+    if own:
+        con = connect(settings.db_path, read_only=not persist)
+    memory = None if persist else _Memory()
+    results = []
+    try:
+        n = (end - start).days + 1
+        for i in range(n):
+            day = start + timedelta(days=i)
+            rid = None if run_id is None else (run_id if n == 1 else f"{run_id}-{day.isoformat()}")
+            res = _run_one(
+                settings, day, con=con, config=config, policies_override=policies_override,
+                persist=persist, run_id=rid, memory=memory,
+            )
+            results.append(res)
+            if progress is not None:
+                progress(res)
+    finally:
+        if own:
+            con.close()
+    return results
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date; expected YYYY-MM-DD, e.g. 2026-03-10"
+        ) from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``trialguard run``."""
+    parser.add_argument("--date", type=_date, help="the local day to detect on (YYYY-MM-DD)")
+    parser.add_argument("--from", dest="date_from", type=_date, help="first day of a range")
+    parser.add_argument("--to", dest="date_to", type=_date, help="last day of a range (inclusive)")
+    parser.add_argument(
+        "--config", default=None,
+        help="TOML file overriding models/thresholds.toml key by key (a candidate config)",
+    )
+
+
+def main(args: argparse.Namespace, settings) -> int:
+    """``trialguard run --date D | --from D1 --to D2 [--config FILE]``."""
+    if args.date and (args.date_from or args.date_to):
+        print("error: give either --date or --from/--to, not both", file=sys.stderr)
+        return 2
+    if args.date:
+        start = end = args.date
+    elif args.date_from and args.date_to:
+        start, end = args.date_from, args.date_to
+    else:
+        print("error: give --date YYYY-MM-DD, or --from D1 --to D2", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from pipelines.progress import print_summary, steps
+    from pipelines.runlock import run_lock
+
+    total: dict[str, Any] = {"days": 0, "transactions": 0, "detections": 0, "flags touched": 0,
+                             "new flags": 0, "at-risk cards": 0}
+    by_behaviour: dict[str, int] = {}
+    with run_lock(settings, "run"), steps("run", total=(end - start).days + 1) as bar:
+
+        def progress(res: DetectionResult) -> None:
+            c = res.counts
+            total["days"] += 1
+            total["transactions"] += c["transactions"]
+            total["detections"] += c["detections"]
+            total["flags touched"] += c["flags"]
+            total["new flags"] += c["new_flags"]
+            total["at-risk cards"] += c["at_risk_cards"]
+            for b, n in c["by_behaviour"].items():
+                by_behaviour[b] = by_behaviour.get(b, 0) + n
+            bar.advance(
+                f"{res.as_of}: {c['transactions']} transactions, {c['detections']} detections, "
+                f"{c['flags']} flags ({c['duration_s']:.1f} s)"
+            )
+
+        run_range(settings, start, end, config=config, progress=progress)
+    print_summary("run", {**total, **{f"  {b}": n for b, n in sorted(by_behaviour.items())}})
+    return 0

@@ -1,0 +1,1226 @@
+"""``trialguard ingest``: load trial files into the store, accepting or quarantining every row.
+
+One file at a time, each in one DuckDB transaction (see ``docs/ingest.md``):
+
+1. read: :mod:`pipelines.readers` hashes the file, recognises format and
+   encoding, and exposes it as a view of text columns with line numbers;
+2. stage: one SQL statement generated from :mod:`features.schema` casts every
+   column, tokenises ``pan`` inside DuckDB (:mod:`pipelines.cards`) and writes
+   the reason of every invalid row, in words;
+3. redact: card-number-like runs in free text are replaced and counted;
+4. de-duplicate: repeats of a key inside the file and against the store are
+   duplicates (identical) or conflicts (quarantined);
+5. write: accepted rows, quarantine, the Great Expectations gate and the
+   manifest row, then ``COMMIT``.
+
+For every file, rows read = accepted + quarantined + duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from features.redaction import CANDIDATE_PATTERN, redact_card_numbers
+from features.schema import (
+    CARD_TYPES,
+    DEFAULT_POLICY_ID,
+    ENTRY_MODES,
+    FRAUD_REPORTS,
+    INPUT_KINDS,
+    POLICIES_KIND,
+    POLICY_KEYS,
+    TABLES,
+    TERMINAL_EVENTS,
+    TERMINAL_KINDS,
+    TERMINALS,
+    TRANSACTIONS,
+    TXN_TYPES,
+    Column,
+    InputKind,
+)
+from pipelines.cards import (
+    hmac_pads,
+    mask_pan_sql,
+    redact_raw_row,
+    redact_sql,
+    safe_message,
+    token_sql,
+)
+from pipelines.readers import (
+    LINE_COLUMN,
+    SOURCE_VIEW,
+    FileInfo,
+    UnreadableFile,
+    close_source,
+    open_source,
+    sniff,
+)
+from pipelines.settings import PROJECT_ROOT, Settings
+
+DEFAULT_POLICIES_FILE = PROJECT_ROOT / "pipelines" / "default_policies.toml"
+STAGE = "_tg_stage"
+#: Rows handed to the Great Expectations gate per file (a seeded reservoir sample).
+GATE_SAMPLE_ROWS = 100_000
+#: Order in which a folder's files are ingested (policies, registry, then the rest).
+KIND_ORDER = {POLICIES_KIND: 0, "terminals": 1, "transactions": 2, "terminal_events": 3}
+_TS_RE = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?)?"
+    r" ?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
+_OFFSET_RE = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)? ?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    """The outcome of one file: status, accounting and timings.
+
+    ``status`` is ``loaded``, ``rejected`` (recorded in the manifest with
+    ``message``) or ``skipped`` (its content hash was loaded before).
+    """
+
+    path: str
+    status: str
+    file_id: str | None = None
+    kind: str | None = None
+    format: str | None = None
+    encoding: str | None = None
+    rows_read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    pan_redactions: int = 0
+    gate_success: bool | None = None
+    message: str = ""
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        """Whether rows read = accepted + quarantined + duplicates."""
+        return self.rows_read == self.accepted + self.quarantined + self.duplicates
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did, file by file.
+
+    ``ok`` is false when a file was rejected or a quality gate failed; the
+    command then exits with status 1.
+    """
+
+    run_id: str
+    files: list[FileResult]
+    seconds: float = 0.0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Summed counts over all files, and the number of files per status."""
+        out = {"files": len(self.files)}
+        for status in ("loaded", "rejected", "skipped"):
+            out[f"files_{status}"] = sum(f.status == status for f in self.files)
+        for name in ("rows_read", "accepted", "quarantined", "duplicates", "pan_redactions"):
+            out[name] = sum(getattr(f, name) for f in self.files)
+        out["gates_failed"] = sum(f.gate_success is False for f in self.files)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """No rejected file and no failed gate."""
+        t = self.totals
+        return t["files_rejected"] == 0 and t["gates_failed"] == 0
+
+
+# ---------------------------------------------------------------------------
+# Files and kinds
+# ---------------------------------------------------------------------------
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus every file under the named folders (recursively).
+
+    Hidden files (``.name``) inside folders are skipped; a path that does not
+    exist raises ``FileNotFoundError``.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist; pass existing files or folders")
+    seen: set[Path] = set()
+    unique = []
+    for f in out:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def recognise_kind(names: Sequence[str], kind: str | None = None) -> str:
+    """The input kind of a file from its column names (or check the one given).
+
+    Raises
+    ------
+    UnreadableFile
+        The given kind's required columns are missing, or no kind matches.
+
+    Examples
+    --------
+    >>> recognise_kind(["report_id", "pan", "fraud_time", "reported_at", "fraud_type"])
+    'fraud_reports'
+    """
+    have = set(names)
+
+    def missing(k: InputKind) -> list[str]:
+        miss = [c for c in k.required if c not in have]
+        for group in k.one_of:
+            if not have & set(group):
+                miss.append(" or ".join(group))
+        return miss
+
+    if kind is not None:
+        if kind not in INPUT_KINDS:
+            raise UnreadableFile(
+                f"unknown kind {kind!r}; expected one of {', '.join(INPUT_KINDS)} "
+                "(policies are recognised from the .toml extension)"
+            )
+        miss = missing(INPUT_KINDS[kind])
+        if miss:
+            raise UnreadableFile(
+                f"missing required column(s) for {kind}: {', '.join(miss)}; "
+                "add them or check --kind"
+            )
+        return kind
+    complete = [k for k in INPUT_KINDS.values() if not missing(k)]
+    if complete:
+        return max(complete, key=lambda k: len(have & set(k.names))).name
+    best = max(INPUT_KINDS.values(), key=lambda k: len(have & set(k.names)))
+    if not have & set(best.names):
+        raise UnreadableFile(
+            f"the columns ({', '.join(list(names)[:8])}) match no input kind; expected the "
+            f"header of one of {', '.join(INPUT_KINDS)} (see docs/data-contract.md)"
+        )
+    raise UnreadableFile(
+        f"looks like {best.name} but is missing required column(s): "
+        f"{', '.join(missing(best))}; add them or pass --kind"
+    )
+
+
+def _peek_kind(path: Path, kind: str | None) -> tuple[int, str]:
+    """Cheap ordering key: policies, terminals, transactions, events, reports, then name."""
+    from pipelines.readers import claimed_format
+
+    fmt, _ = claimed_format(path)
+    if fmt == "toml":
+        return (KIND_ORDER[POLICIES_KIND], path.name)
+    guess = kind
+    if guess is None:
+        try:
+            names = _header_names(path)
+            guess = recognise_kind(names)
+        except Exception:  # noqa: BLE001 - ordering only; the real read reports errors
+            guess = None
+    return (KIND_ORDER.get(guess or "", 4), path.name)
+
+
+def _header_names(path: Path) -> list[str]:
+    import csv
+    import gzip
+    import io
+
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PAR1"):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    opener = gzip.open if head.startswith(b"\x1f\x8b") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read(65536)
+    for enc in ("utf-8-sig", "gb18030"):
+        try:
+            text = raw.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return []
+    first = text.lstrip()
+    if first.startswith("{"):
+        return list(json.loads(first.splitlines()[0]).keys())
+    return next(csv.reader(io.StringIO(text)), [])
+
+
+def order_files(paths: Sequence[Path], kind: str | None = None) -> list[Path]:
+    """Policies first, then the terminal registry, then the rest, each sorted by name."""
+    keyed = [(_peek_kind(p, kind), str(p), p) for p in paths]
+    return [p for _, _, p in sorted(keyed)]
+
+
+# ---------------------------------------------------------------------------
+# SQL generated from the schema
+# ---------------------------------------------------------------------------
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _raw(name: str) -> str:
+    return _ident("r__" + name)
+
+
+def _quoted_value(raw_sql: str) -> str:
+    """A value as quoted in a reason: long digit runs redacted, at most 40 characters."""
+    return f"'''' || left({redact_sql(raw_sql)}, 40) || ''''"
+
+
+def _typed_sql(col: Column, raw: str, tz: str) -> str:
+    if col.dtype == "int":
+        return f"CASE WHEN regexp_full_match({raw}, '[+-]?[0-9]{{1,18}}') THEN CAST({raw} AS BIGINT) END"
+    if col.dtype == "float":
+        return f"CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END"
+    if col.dtype == "bool":
+        return f"CASE {raw} WHEN 'true' THEN true WHEN 'false' THEN false END"
+    if col.dtype == "date":
+        return (
+            f"CASE WHEN regexp_full_match({raw}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') "
+            f"THEN TRY_CAST({raw} AS DATE) END"
+        )
+    if col.dtype == "ts":
+        return (
+            f"CASE WHEN NOT regexp_full_match({raw}, '{_TS_RE}') THEN NULL "
+            f"WHEN regexp_matches({raw}, '{_OFFSET_RE}') "
+            f"THEN timezone({_lit(tz)}, TRY_CAST({raw} AS TIMESTAMPTZ)) "
+            f"ELSE TRY_CAST({raw} AS TIMESTAMP) END"
+        )
+    return raw
+
+
+_TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a finite number",
+    "bool": "true or false",
+    "date": "a date YYYY-MM-DD",
+    "ts": "an ISO 8601 timestamp",
+}
+
+
+def stage_sql(kind: InputKind, names: Sequence[str], tz: str, has_key: bool) -> str:
+    """The statement that creates the staging table of one file.
+
+    Every contract column gets its typed value, ``pan`` becomes ``card_token``
+    (+ ``card_bin``, ``card_last4``), unknown columns go to ``extra`` as JSON,
+    ``_reason`` says in words why a row is invalid (``NULL`` when valid) and
+    ``_raw`` keeps an invalid row as read, with ``pan`` masked.
+    """
+    present = set(names)
+    contract = set(kind.names)
+    extras = [n for n in names if n not in contract]
+    cols_by_name = {c.name: c for c in kind.columns}
+
+    def raw_expr(name: str) -> str:
+        if name not in present:
+            return "CAST(NULL AS VARCHAR)"
+        col = cols_by_name.get(name)
+        if col is not None and col.free_text or col is None:
+            return f"NULLIF({_ident(name)}, '')"
+        return f"NULLIF(TRIM({_ident(name)}), '')"
+
+    clean = [f"{raw_expr(n)} AS {_raw(n)}" for n in kind.names]
+    clean += [f"{raw_expr(n)} AS {_raw(n)}" for n in extras]
+
+    typed: dict[str, str] = {}
+    for col in kind.columns:
+        if col.name == "pan":
+            continue
+        typed[col.name] = _typed_sql(col, _raw(col.name), tz)
+    has_pan = "pan" in kind.names
+    if has_pan:
+        pan = _raw("pan")
+        pan_ok = f"({pan} IS NOT NULL AND regexp_full_match({pan}, '[0-9]{{12,19}}'))"
+        typed["card_token"] = (
+            f"CASE WHEN {pan_ok} THEN {token_sql(pan)} ELSE {_raw('card_token')} END"
+        )
+        typed["card_bin"] = f"CASE WHEN {pan_ok} THEN left({pan}, 6) ELSE {_raw('card_bin')} END"
+        typed["card_last4"] = (
+            f"CASE WHEN {pan_ok} THEN right({pan}, 4) ELSE {_raw('card_last4')} END"
+        )
+    if kind is TRANSACTIONS:
+        typed["local_date"] = f"CAST(({typed['txn_time']}) AS DATE)"
+    if kind is TERMINAL_EVENTS:
+        typed["event_id"] = "CAST(NULL AS VARCHAR)"  # derived after free-text redaction
+    typed["extra"] = (
+        "json_object(" + ", ".join(f"{_lit(n)}, {_raw(n)}" for n in extras) + ")"
+        if extras
+        else "CAST(NULL AS JSON)"
+    )
+
+    reasons: list[str] = []
+    one_of = {c for group in kind.one_of for c in group}
+    derived = {"card_bin", "card_last4"} if has_pan else set()
+    for col in kind.columns:
+        r, t = _raw(col.name), _ident(col.name)
+        if col.required and col.name not in one_of:
+            reasons.append(f"CASE WHEN {r} IS NULL THEN '{col.name} is missing (required)' END")
+        if col.name == "pan":
+            reasons.append(
+                f"CASE WHEN {r} IS NOT NULL AND NOT regexp_full_match({r}, '[0-9]{{12,19}}') "
+                "THEN 'pan is not 12-19 digits (value withheld); expected the card number "
+                "digits only' END"
+            )
+            continue
+        if col.dtype in _TYPE_WORDS:
+            reasons.append(
+                f"CASE WHEN {r} IS NOT NULL AND {t} IS NULL THEN '{col.name} ' || "
+                f"{_quoted_value(r)} || ' is not {_TYPE_WORDS[col.dtype]}' END"
+            )
+        if col.pattern and col.dtype == "str":
+            subject = t if col.name in derived else r
+            reasons.append(
+                f"CASE WHEN {subject} IS NOT NULL AND NOT regexp_full_match({subject}, "
+                f"{_lit(col.pattern)}) THEN '{col.name} ' || {_quoted_value(subject)} || "
+                f"' does not have the expected format {col.pattern}' END"
+            )
+        if col.allowed:
+            listed = ", ".join(_lit(a) for a in col.allowed)
+            reasons.append(
+                f"CASE WHEN {r} IS NOT NULL AND {r} NOT IN ({listed}) THEN '{col.name} ' || "
+                f"{_quoted_value(r)} || ' is not one of {', '.join(col.allowed)}' END"
+            )
+        if col.min_value is not None and col.dtype in ("int", "float"):
+            reasons.append(
+                f"CASE WHEN {t} < {col.min_value!r} THEN '{col.name} ' || {_quoted_value(r)} || "
+                f"' is below the minimum {col.min_value:g}' END"
+            )
+    for group in kind.one_of:
+        cond = " AND ".join(f"{_raw(c)} IS NULL" for c in group)
+        reasons.append(
+            f"CASE WHEN {cond} THEN 'neither {' nor '.join(group)} is given (one is required)' END"
+        )
+    if has_pan:
+        reasons.append(
+            f"CASE WHEN {_raw('pan')} IS NULL AND {_raw('card_token')} IS NOT NULL AND "
+            f"({_raw('card_bin')} IS NULL OR {_raw('card_last4')} IS NULL) THEN 'card_token is "
+            "given without card_bin and card_last4 (both are required with card_token)' END"
+        )
+    if kind is FRAUD_REPORTS:
+        reasons.append(
+            "CASE WHEN reported_at < fraud_time THEN 'reported_at is before fraud_time' END"
+        )
+    if kind is TERMINALS:
+        reasons.append(
+            "CASE WHEN trial_end < trial_start THEN 'trial_end is before trial_start' END"
+        )
+
+    raw_fields = []
+    for n in names:
+        value = mask_pan_sql(_raw(n)) if n == "pan" else _raw(n)
+        raw_fields.append(f"{_lit(n)}, {value}")
+    raw_json = "json_object(" + ", ".join(raw_fields) + ")"
+
+    stored = [c.name for c in TABLES[kind.name][0] if c.name not in ("file_id", "line_no")]
+    typed_select = ", ".join(f"{typed[n]} AS {_ident(n)}" for n in stored)
+    reason = "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')"
+    key_flag = ", false AS _dup" if has_key else ""
+    return (
+        f"CREATE OR REPLACE TEMP TABLE {STAGE} AS "
+        f"WITH c AS (SELECT {LINE_COLUMN}, {', '.join(clean)} FROM {SOURCE_VIEW}), "
+        f"t AS (SELECT c.*, {typed_select} FROM c), "
+        f"v AS (SELECT t.*, {reason} AS _reason FROM t) "
+        f"SELECT {LINE_COLUMN}, {', '.join(_ident(n) for n in stored)}, _reason, "
+        f"CASE WHEN _reason IS NOT NULL THEN CAST({raw_json} AS VARCHAR) END AS _raw, 0 AS _nred{key_flag} "
+        f"FROM v"
+    )
+
+
+def content_columns(kind: InputKind) -> list[str]:
+    """Stored columns that define a row's content (compared to tell duplicates from conflicts)."""
+    skip = {"extra", "file_id", "line_no"}
+    return [c.name for c in TABLES[kind.name][0] if c.name not in skip]
+
+
+def free_text_columns(kind: InputKind) -> list[str]:
+    """Columns scanned for card numbers: the free-text ones and ``extra``."""
+    return [c.name for c in kind.columns if c.free_text] + ["extra"]
+
+
+EVENT_ID_SQL = "sha1(concat_ws('|', {}))".format(
+    ", ".join(f"coalesce(CAST({_ident(c.name)} AS VARCHAR), '')" for c in TERMINAL_EVENTS.columns)
+)
+
+
+# ---------------------------------------------------------------------------
+# One file
+# ---------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> int:
+    # fetchall completes the result (DuckDB 2 refuses new work while one is pending)
+    cur = con.execute(sql, params) if params is not None else con.execute(sql)
+    rows = cur.fetchall()
+    return int(rows[0][0] or 0) if rows else 0
+
+
+def _update_from_rows(
+    con: duckdb.DuckDBPyConnection, column: str, rows: list[tuple[int, str, int]]
+) -> None:
+    """Set ``column`` of the staging rows given as (line, value, redactions)."""
+    if not rows:
+        return
+    import pyarrow as pa
+
+    table = pa.table(
+        {"_l": [r[0] for r in rows], "_v": [r[1] for r in rows], "_n": [r[2] for r in rows]}
+    )
+    con.register("_tg_updates", table)
+    try:
+        con.execute(
+            f"UPDATE {STAGE} SET {_ident(column)} = u._v, _nred = _nred + u._n "
+            f"FROM _tg_updates u WHERE {STAGE}.{LINE_COLUMN} = u._l"
+        )
+    finally:
+        con.unregister("_tg_updates")
+
+
+def _redact_free_text(con: duckdb.DuckDBPyConnection, kind: InputKind) -> None:
+    """Replace card-number-like runs in free-text columns of valid rows (counted in ``_nred``)."""
+    for name in free_text_columns(kind):
+        rows = con.execute(
+            f"SELECT {LINE_COLUMN}, CAST({_ident(name)} AS VARCHAR) FROM {STAGE} "
+            f"WHERE _reason IS NULL AND regexp_matches(CAST({_ident(name)} AS VARCHAR), "
+            f"{_lit(CANDIDATE_PATTERN)})"
+        ).fetchall()
+        updates = []
+        for line, value in rows:
+            redacted, n = redact_card_numbers(value)
+            if n:
+                updates.append((line, redacted, n))
+        _update_from_rows(con, name, updates)
+
+
+def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) -> None:
+    """Mark repeats inside the file and against the store as duplicates or conflicts."""
+    keys = list(TABLES[kind.name][1])
+    kcols = ", ".join(_ident(k) for k in keys)
+    content = ", ".join(_ident(c) for c in content_columns(kind))
+    key_words = " and ".join(keys)
+    key_value = " || '/' || ".join(f"CAST({_ident(k)} AS VARCHAR)" for k in keys)
+    # inside the file: only keys that occur more than once are examined
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tg_rep AS "
+        f"WITH k AS (SELECT {kcols} FROM {STAGE} WHERE _reason IS NULL "
+        f"GROUP BY {kcols} HAVING count(*) > 1), "
+        f"s AS (SELECT {LINE_COLUMN}, {kcols}, hash({content}) AS h FROM {STAGE} "
+        f"SEMI JOIN k USING ({kcols}) WHERE _reason IS NULL) "
+        f"SELECT {LINE_COLUMN}, row_number() OVER w AS rk, first_value({LINE_COLUMN}) OVER w "
+        f"AS first_line, h = first_value(h) OVER w AS same FROM s "
+        f"WINDOW w AS (PARTITION BY {kcols} ORDER BY {LINE_COLUMN})"
+    )
+    con.execute(
+        f"UPDATE {STAGE} SET _dup = r.same, _reason = CASE WHEN r.same THEN NULL ELSE "
+        f"'conflict: {key_words} ' || {_quoted_value(key_value)} || ' repeats line ' || "
+        f"r.first_line || ' of this file with different content' END, "
+        f"_raw = CASE WHEN r.same THEN NULL ELSE CAST(to_json(struct_pack({content})) AS VARCHAR) END "
+        f"FROM _tg_rep r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN} AND r.rk > 1"
+    )
+    # against what is stored
+    table = kind.name
+    on = " AND ".join(f"s.{_ident(k)} = t.{_ident(k)}" for k in keys)
+    s_content = ", ".join(f"s.{_ident(c)}" for c in content_columns(kind))
+    t_content = ", ".join(f"t.{_ident(c)}" for c in content_columns(kind))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _tg_rep AS SELECT s.{LINE_COLUMN}, t.file_id, t.line_no, "
+        f"hash({s_content}) = hash({t_content}) AS same FROM {STAGE} s JOIN {table} t ON {on} "
+        f"WHERE s._reason IS NULL AND NOT s._dup"
+    )
+    con.execute(
+        f"UPDATE {STAGE} SET _dup = r.same, _reason = CASE WHEN r.same THEN NULL ELSE "
+        f"'conflict: {key_words} ' || {_quoted_value(key_value)} || ' is already stored (line ' "
+        f"|| r.line_no || ' of file ' || left(r.file_id, 12) || ') with different content' END, "
+        f"_raw = CASE WHEN r.same THEN NULL ELSE CAST(to_json(struct_pack({content})) AS VARCHAR) END "
+        f"FROM _tg_rep r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN}"
+    )
+    con.execute("DROP TABLE IF EXISTS _tg_rep")
+
+
+def _write_quarantine(
+    con: duckdb.DuckDBPyConnection, info: FileInfo, kind: str, now: datetime
+) -> int:
+    """Copy invalid rows to ``quarantine``, their raw rows redacted; return how many."""
+    rows = con.execute(
+        f"SELECT {LINE_COLUMN}, _raw FROM {STAGE} WHERE _reason IS NOT NULL AND "
+        f"regexp_matches(_raw, '[0-9]([ -]?[0-9]){{11,}}')"
+    ).fetchall()
+    _update_from_rows(con, "_raw", [(line, redact_raw_row(raw), 0) for line, raw in rows])
+    return _count(
+        con,
+        f"INSERT INTO quarantine SELECT ?, ?, ?, {LINE_COLUMN}, _reason, _raw, ? "
+        f"FROM {STAGE} WHERE _reason IS NOT NULL ORDER BY {LINE_COLUMN}",
+        [info.file_id, str(info.path), kind, now],
+    )
+
+
+def _write_accepted(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) -> int:
+    cols = [c.name for c in TABLES[kind.name][0]]
+    select = ", ".join(
+        "?" if c == "file_id" else LINE_COLUMN if c == "line_no" else _ident(c) for c in cols
+    )
+    dup = " AND NOT _dup" if TABLES[kind.name][1] else ""
+    return _count(
+        con,
+        f"INSERT INTO {kind.name} ({', '.join(_ident(c) for c in cols)}) "
+        f"SELECT {select} FROM {STAGE} WHERE _reason IS NULL{dup} ORDER BY {LINE_COLUMN}",
+        [file_id],
+    )
+
+
+def _gate(
+    con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str, gate: Any, now: datetime
+) -> bool | None:
+    """Run the Great Expectations gate on (a sample of) the file's accepted rows."""
+    if gate is None:
+        return None
+    dup = " AND NOT _dup" if TABLES[kind.name][1] else ""
+    cols = ", ".join(_ident(c) for c in content_columns(kind))
+    frame = con.sql(
+        f"SELECT {cols} FROM (SELECT * FROM {STAGE} WHERE _reason IS NULL{dup}) "
+        f"USING SAMPLE reservoir({GATE_SAMPLE_ROWS} ROWS) REPEATABLE (7)"
+    ).to_arrow_table()
+    import polars as pl
+
+    result = gate.validate(kind.name, pl.from_arrow(frame), file_id)
+    con.execute(
+        "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            file_id,
+            kind.name,
+            result.suite,
+            result.success,
+            result.evaluated,
+            result.failed,
+            json.dumps(result.details),
+            result.docs_path,
+            now,
+        ],
+    )
+    return result.success
+
+
+def _manifest(
+    con: duckdb.DuckDBPyConnection, r: FileResult, started: datetime, finished: datetime
+) -> None:
+    con.execute(
+        "INSERT INTO ingest_manifest VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            r.file_id,
+            r.path,
+            r.kind,
+            r.format,
+            r.encoding,
+            r.status,
+            r.rows_read,
+            r.accepted,
+            r.quarantined,
+            r.duplicates,
+            r.pan_redactions,
+            r.gate_success,
+            r.message,
+            started,
+            finished,
+        ],
+    )
+
+
+def _pause_for_tests(name: str, stage: str) -> None:
+    """Hold here when ``TRIALGUARD_INGEST_PAUSE`` is ``<file name>:<stage>``.
+
+    Only the kill-and-rerun test sets it, to kill a process mid-file
+    deterministically (rows written, transaction not committed).
+    """
+    if os.environ.get("TRIALGUARD_INGEST_PAUSE") == f"{name}:{stage}":
+        print(f"ingest paused at {name}:{stage}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def _load_table_file(
+    con: duckdb.DuckDBPyConnection,
+    info: FileInfo,
+    result: FileResult,
+    kind_name: str | None,
+    pads: tuple[bytes, bytes],
+    tz: str,
+    gate: Any,
+    clock: _Clock,
+) -> None:
+    """Stage, check, de-duplicate and write one table file (inside the caller's transaction)."""
+    names = open_source(con, info)
+    try:
+        kind = INPUT_KINDS[recognise_kind(names, kind_name)]
+        result.kind = kind.name
+        clock.lap("read")
+        has_key = bool(TABLES[kind.name][1])
+        sql = stage_sql(kind, names, tz, has_key)
+        params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
+        try:
+            con.execute(sql, params) if params else con.execute(sql)
+        except duckdb.Error as exc:
+            raise UnreadableFile(
+                f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
+            ) from None
+        clock.lap("stage")
+    finally:
+        close_source(con)
+    _redact_free_text(con, kind)
+    if kind is TERMINAL_EVENTS:
+        con.execute(f"UPDATE {STAGE} SET event_id = {EVENT_ID_SQL}")
+    clock.lap("redact")
+    if has_key:
+        _deduplicate(con, kind, info.file_id)
+    clock.lap("dedup")
+    now = datetime.now()
+    result.rows_read = _count(con, f"SELECT count(*) FROM {STAGE}")
+    result.duplicates = _count(con, f"SELECT count(*) FROM {STAGE} WHERE _dup") if has_key else 0
+    result.quarantined = _write_quarantine(con, info, kind.name, now)
+    clock.lap("quarantine")
+    result.accepted = _write_accepted(con, kind, info.file_id)
+    _pause_for_tests(info.path.name, "write")
+    dup = " AND NOT _dup" if has_key else ""
+    result.pan_redactions = _count(
+        con, f"SELECT sum(_nred) FROM {STAGE} WHERE _reason IS NULL{dup}"
+    )
+    clock.lap("write")
+    result.gate_success = _gate(con, kind, info.file_id, gate, now)
+    clock.lap("gate")
+    con.execute(f"DROP TABLE IF EXISTS {STAGE}")
+    if not result.balanced:  # pragma: no cover - a bug, never a data problem
+        raise RuntimeError(
+            f"accounting mismatch for {info.path.name}: read {result.rows_read} != accepted "
+            f"{result.accepted} + quarantined {result.quarantined} + duplicates "
+            f"{result.duplicates}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Policies
+# ---------------------------------------------------------------------------
+
+
+def _check_policy_value(pid: str, key: str, value: Any) -> str | None:
+    expected = POLICY_KEYS[key]
+    where = f"policy {pid!r} key {key!r}"
+    if expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{where} must be a whole number >= 0, got {value!r}"
+        return None
+    if expected == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{where} must be a list of strings, got {value!r}"
+        allowed = {
+            "allowed_card_types": CARD_TYPES,
+            "allowed_txn_types": TXN_TYPES,
+            "allowed_entry_modes": tuple(ENTRY_MODES),
+        }.get(key)
+        if allowed is not None:
+            bad = [v for v in value if v not in allowed]
+            if bad:
+                return f"{where} has unknown code(s) {bad}; expected some of {list(allowed)}"
+        if key == "business_hours":
+            ok = len(value) == 2 and all(
+                len(v) == 5
+                and v[2] == ":"
+                and v[:2].isdigit()
+                and v[3:].isdigit()
+                and int(v[:2]) < 24
+                and int(v[3:]) < 60
+                for v in value
+            )
+            if not ok:
+                return f'{where} must be two times ["HH:MM", "HH:MM"], got {value!r}'
+        return None
+    if expected == "dict[str,int]":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()
+        ):
+            return f"{where} must be a table of whole numbers >= 0, got {value!r}"
+        bad = [k for k in value if k not in TERMINAL_KINDS]
+        if bad:
+            return f"{where} has unknown terminal kind(s) {bad}; expected {list(TERMINAL_KINDS)}"
+        return None
+    return None  # pragma: no cover - POLICY_KEYS only uses the types above
+
+
+def parse_policies(text: str, name: str = "policies") -> dict[str, dict[str, Any]]:
+    """Policies of a TOML text, checked against :data:`features.schema.POLICY_KEYS`.
+
+    Raises
+    ------
+    UnreadableFile
+        Not TOML, no ``[policies.<id>]`` table, an unknown key or a wrong type;
+        the message names the policy and the key.
+
+    Examples
+    --------
+    >>> parse_policies('[policies.p1]\\nmax_daily_txn_count = 50')
+    {'p1': {'max_daily_txn_count': 50}}
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UnreadableFile(f"{name} is not valid TOML: {exc}") from None
+    unknown_top = [k for k in doc if k != "policies"]
+    policies = doc.get("policies")
+    if not isinstance(policies, dict) or not policies or unknown_top:
+        raise UnreadableFile(
+            f"{name} must hold only [policies.<policy_id>] tables"
+            + (f"; found top-level key(s) {unknown_top}" if unknown_top else "")
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for pid, body in policies.items():
+        if not isinstance(body, dict):
+            raise UnreadableFile(f"{name}: policies.{pid} must be a table of keys")
+        for key, value in body.items():
+            if key not in POLICY_KEYS:
+                raise UnreadableFile(
+                    f"{name}: policy {pid!r} has unknown key {key!r}; "
+                    f"allowed keys are {', '.join(POLICY_KEYS)}"
+                )
+            problem = _check_policy_value(pid, key, value)
+            if problem:
+                raise UnreadableFile(f"{name}: {problem}")
+        out[pid] = body
+    return out
+
+
+def policy_version(body: dict[str, Any]) -> str:
+    """sha256 of the policy's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _load_policy_file(con: duckdb.DuckDBPyConnection, info: FileInfo, result: FileResult) -> None:
+    try:
+        text = info.path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableFile(f"{info.path.name} is not UTF-8 text; TOML must be UTF-8") from None
+    policies = parse_policies(text, info.path.name)
+    result.kind = POLICIES_KIND
+    now = datetime.now()
+    for pid, body in policies.items():
+        version = policy_version(body)
+        result.rows_read += 1
+        if _count(
+            con,
+            "SELECT count(*) FROM policies WHERE policy_id = ? AND version = ?",
+            [pid, version],
+        ):
+            result.duplicates += 1
+            continue
+        con.execute(
+            "INSERT INTO policies VALUES (?, ?, ?, ?, ?)",
+            [pid, version, json.dumps(body, sort_keys=True), info.file_id, now],
+        )
+        result.accepted += 1
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: str | Path,
+    settings: Settings,
+    kind: str | None = None,
+    gate: Any = None,
+    pads: tuple[bytes, bytes] | None = None,
+) -> FileResult:
+    """Ingest one file in one transaction; never raises for a bad file.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        An open store (tables created by :func:`pipelines.storage.connect`).
+    path : str or Path
+        The file.
+    settings : Settings
+        Key and time zone.
+    kind : str or None
+        Force the input kind instead of recognising it from the columns.
+    gate : Gate or None
+        A :class:`pipelines.validation.Gate`; ``None`` skips the quality gate.
+    pads : (bytes, bytes) or None
+        HMAC pads of the key (computed from ``settings`` when not given).
+
+    Returns
+    -------
+    FileResult
+    """
+    path = Path(path)
+    t0 = time.perf_counter()
+    clock = _Clock()
+    started = datetime.now()
+    result = FileResult(path=str(path), status="rejected")
+    try:
+        info = sniff(path)
+    except (UnreadableFile, OSError) as exc:
+        result.message = safe_message(str(exc))
+        result.file_id = _hash_or_none(path)
+        _record_rejection(con, result, started)
+        return result
+    result.file_id, result.format, result.encoding = info.file_id, info.format, info.encoding
+    clock.lap("sniff")
+    if _count(
+        con,
+        "SELECT count(*) FROM ingest_manifest WHERE file_id = ? AND status = 'loaded'",
+        [info.file_id],
+    ):
+        result.status = "skipped"
+        result.message = "already ingested (same content hash); skipped"
+        return result
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if info.format == "toml":
+            if kind not in (None, POLICIES_KIND):
+                raise UnreadableFile(f"{path.name} is a policy set (.toml), not {kind}")
+            _load_policy_file(con, info, result)
+        else:
+            if pads is None:
+                pads = hmac_pads(settings.pan_key())
+            _load_table_file(con, info, result, kind, pads, settings.timezone, gate, clock)
+        result.status = "loaded"
+        if result.gate_success is False:
+            result.message = "loaded; quality gate failed (see gate_results and Data Docs)"
+        _manifest(con, result, started, datetime.now())
+        con.execute("COMMIT")
+    except Exception as exc:
+        con.execute("ROLLBACK")
+        for name in ("_tg_stage", "_tg_rep"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        close_source(con)
+        if not isinstance(exc, UnreadableFile | duckdb.Error | OSError | EOFError):
+            if type(exc).__name__ == "MissingKeyError":
+                raise
+            exc_text = f"internal error {type(exc).__name__}: {exc}"
+        else:
+            exc_text = str(exc)
+        result = FileResult(
+            path=str(path),
+            status="rejected",
+            file_id=info.file_id,
+            kind=result.kind,
+            format=info.format,
+            encoding=info.encoding,
+            message=safe_message(exc_text),
+        )
+        _record_rejection(con, result, started)
+    result.seconds = time.perf_counter() - t0
+    result.stages = clock.stages
+    return result
+
+
+def _hash_or_none(path: Path) -> str:
+    try:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return hashlib.sha256(str(path).encode()).hexdigest()
+
+
+def _record_rejection(
+    con: duckdb.DuckDBPyConnection, result: FileResult, started: datetime
+) -> None:
+    con.execute("BEGIN TRANSACTION")
+    _manifest(con, result, started, datetime.now())
+    con.execute("COMMIT")
+
+
+def ensure_default_policy(con: duckdb.DuckDBPyConnection, settings: Settings) -> FileResult | None:
+    """Load the shipped ``default`` policy when the store has none; else do nothing."""
+    if _count(con, "SELECT count(*) FROM policies WHERE policy_id = ?", [DEFAULT_POLICY_ID]):
+        return None
+    return ingest_file(con, DEFAULT_POLICIES_FILE, settings)
+
+
+def ingest_paths(
+    settings: Settings,
+    paths: Sequence[str | Path],
+    kind: str | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    gate: bool = True,
+) -> IngestReport:
+    """Ingest files and folders into the store; the work of ``trialguard ingest``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Database path, card-number key and time zone.
+    paths : sequence of str or Path
+        Files and folders (folders are searched recursively). Order: policies,
+        the terminal registry, then the rest, each by name.
+    kind : str or None
+        Force the kind of every non-TOML file (``--kind``).
+    con : duckdb.DuckDBPyConnection or None
+        An open store to use (left open); by default ``settings.db_path`` is opened
+        and closed.
+    gate : bool
+        Run the Great Expectations gate on each file (and render Data Docs).
+
+    Returns
+    -------
+    IngestReport
+        Per-file results; ``report.ok`` is false if a file was rejected or a gate failed.
+
+    Raises
+    ------
+    MissingKeyError
+        No card-number key is configured (nothing is ingested).
+    FileNotFoundError
+        A path does not exist (nothing is ingested).
+    """
+    from pipelines.runlock import run_lock
+    from pipelines.storage import connect
+
+    t0 = time.perf_counter()
+    files = order_files(expand_paths(paths), kind)
+    pads = hmac_pads(settings.pan_key())
+    own = con is None
+    with run_lock(settings, "ingest"):
+        if own:
+            con = connect(settings.db_path)
+        try:
+            con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
+            run_id = _start_run(con, files)
+            checker = None
+            if gate:
+                from pipelines.validation import Gate
+
+                checker = Gate(settings.data_docs_dir)
+            results = [ingest_file(con, f, settings, kind, checker, pads) for f in files]
+            default = ensure_default_policy(con, settings)
+            if default is not None:
+                results.append(default)
+            if checker is not None:
+                checker.build_docs()
+            report = IngestReport(run_id, results, time.perf_counter() - t0)
+            _finish_run(con, report)
+        finally:
+            if own:
+                con.close()
+    return report
+
+
+def _start_run(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:
+    run_id = f"ingest-{datetime.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    con.execute(
+        "INSERT INTO runs (run_id, command, started_at, status, inputs) VALUES (?, ?, ?, ?, ?)",
+        [run_id, "ingest", datetime.now(), "running", json.dumps([str(f) for f in files])],
+    )
+    return run_id
+
+
+def _finish_run(con: duckdb.DuckDBPyConnection, report: IngestReport) -> None:
+    inputs = [
+        {"path": f.path, "file_id": f.file_id, "status": f.status, "kind": f.kind}
+        for f in report.files
+    ]
+    totals = report.totals
+    message = (
+        "ok"
+        if report.ok
+        else f"{totals['files_rejected']} file(s) rejected, {totals['gates_failed']} gate(s) failed"
+    )
+    con.execute(
+        "UPDATE runs SET finished_at = ?, status = ?, inputs = ?, row_counts = ?, "
+        "duration_s = ?, message = ? WHERE run_id = ?",
+        [
+            datetime.now(),
+            "succeeded" if report.ok else "failed",
+            json.dumps(inputs),
+            json.dumps(totals),
+            report.seconds,
+            message,
+            report.run_id,
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Prefect flow (thin tasks over the plain functions above)
+# ---------------------------------------------------------------------------
+
+
+def ingest_flow(paths: list[str], db: str | None = None, kind: str | None = None) -> dict:
+    """Prefect flow running :func:`ingest_paths`; returns the totals (raises if not ok)."""
+    return _prefect_ingest_flow()(paths, db=db, kind=kind)
+
+
+_FLOW = None
+
+
+def _prefect_ingest_flow():
+    global _FLOW
+    if _FLOW is None:
+        from prefect import flow, task
+        from prefect.cache_policies import NO_CACHE
+
+        @task(name="ingest files", cache_policy=NO_CACHE)
+        def ingest_task(paths: list[str], db: str | None, kind: str | None) -> dict:
+            report = ingest_paths(Settings.from_env(db=db), paths, kind=kind)
+            return {
+                "ok": report.ok,
+                "totals": report.totals,
+                "files": [asdict(f) for f in report.files],
+            }
+
+        @flow(name="ingest", log_prints=True)
+        def _ingest(paths: list[str], db: str | None = None, kind: str | None = None) -> dict:
+            # load -> validate -> write, per file, each file atomic
+            out = ingest_task(paths, db, kind)
+            print(f"ingest totals: {out['totals']}")
+            if not out["ok"]:
+                raise RuntimeError(
+                    f"ingest finished with problems: {out['totals']['files_rejected']} file(s) "
+                    f"rejected, {out['totals']['gates_failed']} gate(s) failed; see "
+                    "ingest_manifest and gate_results"
+                )
+            return out["totals"]
+
+        _FLOW = _ingest
+    return _FLOW
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``trialguard ingest``."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to ingest")
+    parser.add_argument(
+        "--kind",
+        choices=list(INPUT_KINDS),
+        default=None,
+        help="input kind of every non-TOML file (default: recognised from the columns)",
+    )
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the Great Expectations gate and Data Docs",
+    )
+
+
+def print_report(report: IngestReport, out: Any = None) -> None:
+    """Per-file accounting table and totals (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout, width=140)
+    table = Table(title=f"ingest {report.run_id}")
+    for head in (
+        "file",
+        "kind",
+        "status",
+        "read",
+        "accepted",
+        "quarantined",
+        "duplicates",
+        "pan redacted",
+        "gate",
+        "message",
+    ):
+        table.add_column(head, overflow="fold")
+    for f in report.files:
+        gate = "-" if f.gate_success is None else ("pass" if f.gate_success else "FAILED")
+        table.add_row(
+            Path(f.path).name,
+            f.kind or "?",
+            f.status,
+            f"{f.rows_read:,}",
+            f"{f.accepted:,}",
+            f"{f.quarantined:,}",
+            f"{f.duplicates:,}",
+            f"{f.pan_redactions:,}",
+            gate,
+            f.message,
+        )
+    t = report.totals
+    table.add_row(
+        "total",
+        "",
+        f"{t['files_loaded']} loaded, {t['files_rejected']} rejected, {t['files_skipped']} skipped",
+        f"{t['rows_read']:,}",
+        f"{t['accepted']:,}",
+        f"{t['quarantined']:,}",
+        f"{t['duplicates']:,}",
+        f"{t['pan_redactions']:,}",
+        f"{t['gates_failed']} failed",
+        f"{report.seconds:.1f} s",
+    )
+    console.print(table)
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``trialguard ingest``: 0 when every file loaded and passed its gate, else 1."""
+    try:
+        report = ingest_paths(settings, args.paths, kind=args.kind, gate=not args.no_gate)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if not report.ok:
+        t = report.totals
+        print(
+            f"ingest finished with problems: {t['files_rejected']} file(s) rejected, "
+            f"{t['gates_failed']} quality gate(s) failed; see the table above, "
+            "ingest_manifest and gate_results",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

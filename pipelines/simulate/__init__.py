@@ -1,0 +1,72 @@
+"""The trial simulator: realistic trial logs with ground truth (``trialguard simulate``).
+
+Public API (imported lazily, so ``trialguard --help`` stays quick):
+
+- :func:`simulate_trial` ``(n_terminals, days, start, seed, *, min_per_behaviour=1,
+  injected_share=...) -> Trial``: a trial in memory, for tests and notebooks.
+- :func:`write_trial` ``(out_dir, n_terminals, days, start, seed, *, fmt="csv", ...)
+  -> WriteReport``: streams the trial to ``out_dir/landing`` day by day and writes
+  ``out_dir/truth.csv``.
+
+The injection parameters live in :mod:`pipelines.simulate.scenarios`; detection
+code must never import this package. See ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from typing import Any
+
+__all__ = ["Trial", "WriteReport", "simulate_trial", "write_trial", "add_arguments", "main"]
+_LAZY = {"Trial", "WriteReport", "simulate_trial", "write_trial", "policies_toml"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from pipelines.simulate import trial
+
+        return getattr(trial, name)
+    raise AttributeError(f"module 'pipelines.simulate' has no attribute {name!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trialguard simulate``."""
+    parser.add_argument("--terminals", type=int, required=True, help="registered trial terminals")
+    parser.add_argument("--days", type=int, required=True, help="local days of transactions")
+    parser.add_argument(
+        "--start", type=date.fromisoformat, default=date(2025, 9, 1), help="first day (default 2025-09-01)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="random seed (same seed, same bytes)")
+    parser.add_argument(
+        "--out",
+        default="data/simulated",
+        help="output folder: inputs go to OUT/landing, the truth to OUT/truth.csv (default data/simulated)",
+    )
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", dest="fmt")
+    parser.add_argument(
+        "--min-per-behaviour", type=int, default=1, help="at least this many terminals per injected behaviour"
+    )
+
+
+def main(args: argparse.Namespace, settings: object) -> int:
+    """Run ``trialguard simulate``; the settings are not needed (no database)."""
+    from pipelines.progress import print_summary, steps
+    from pipelines.simulate.trial import write_trial
+
+    with steps("simulate", total=args.days) as bar:
+        report = write_trial(
+            args.out,
+            args.terminals,
+            args.days,
+            args.start,
+            args.seed,
+            fmt=args.fmt,
+            min_per_behaviour=args.min_per_behaviour,
+            on_day=lambda day, n: bar.advance(f"{day}: {n:,} transactions"),
+        )
+    print_summary(
+        "simulate",
+        {**report.counts, "landing": str(report.landing), "truth": str(report.out_dir / "truth.csv")},
+    )
+    return 0

@@ -1,0 +1,217 @@
+"""Great Expectations quality gate, with suites generated from :mod:`features.schema`.
+
+The row-level checks of ingest already quarantine every invalid row, so the
+gate is a second line of defence: it re-states the schema as expectations and
+runs them on (a seeded sample of) each file's accepted rows. A failed gate
+means the row-level checks and the schema disagree, which is a bug to look
+at: the rows stay loaded, the failure is stored in ``gate_results`` and the
+manifest, and ``trialguard ingest`` exits with status 1 (see ``docs/ingest.md``).
+
+Suites per kind (stored columns, ``pan`` excluded):
+
+* every stored column exists;
+* required columns (and ``card_token``, ``card_bin``, ``card_last4`` for kinds
+  that carry a card) are not null;
+* enumerated columns take listed values; patterned text columns match their
+  pattern; numeric columns respect their minimum;
+* the table key is unique.
+
+Data Docs are rendered by a file context rooted at ``settings.data_docs_dir``
+(``<dir>/gx/uncommitted/data_docs/local_site/index.html``), once per ingest call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features.schema import INPUT_KINDS, TABLES, InputKind
+from pipelines.cards import safe_message
+
+#: Columns holding card data for kinds that have ``pan`` / ``card_token``.
+CARD_COLUMNS = ("card_token", "card_bin", "card_last4")
+_SKIP = ("extra", "file_id", "line_no")
+
+
+@dataclass
+class GateResult:
+    """Outcome of one suite on one batch."""
+
+    suite: str
+    success: bool
+    evaluated: int
+    failed: int
+    details: list[dict[str, Any]] = field(default_factory=list)
+    docs_path: str | None = None
+
+
+def suite_name(kind: str) -> str:
+    """Name of the expectation suite of an input kind."""
+    return f"trialguard.{kind}"
+
+
+def expectation_specs(kind: InputKind) -> list[tuple[str, dict[str, Any]]]:
+    """The suite of ``kind`` as (expectation class name, keyword arguments), from the schema.
+
+    Examples
+    --------
+    >>> from features.schema import FRAUD_REPORTS
+    >>> ("ExpectColumnValuesToBeUnique", {"column": "report_id"}) in expectation_specs(FRAUD_REPORTS)
+    True
+    """
+    columns, key = TABLES[kind.name]
+    stored = [c for c in columns if c.name not in _SKIP]
+    card = bool(kind.one_of)
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for col in stored:
+        specs.append(("ExpectColumnToExist", {"column": col.name}))
+        if col.required or (card and col.name in CARD_COLUMNS):
+            specs.append(("ExpectColumnValuesToNotBeNull", {"column": col.name}))
+        if col.allowed:
+            specs.append(
+                (
+                    "ExpectColumnValuesToBeInSet",
+                    {"column": col.name, "value_set": list(col.allowed)},
+                )
+            )
+        if col.pattern and col.dtype == "str":
+            specs.append(
+                (
+                    "ExpectColumnValuesToMatchRegex",
+                    {"column": col.name, "regex": f"^(?:{col.pattern})$"},
+                )
+            )
+        if col.min_value is not None and col.dtype in ("int", "float"):
+            specs.append(
+                ("ExpectColumnValuesToBeBetween", {"column": col.name, "min_value": col.min_value})
+            )
+    if len(key) == 1:
+        specs.append(("ExpectColumnValuesToBeUnique", {"column": key[0]}))
+    elif key:
+        specs.append(("ExpectCompoundColumnsToBeUnique", {"column_list": list(key)}))
+    return specs
+
+
+class Gate:
+    """Runs the schema suites on batches and renders Data Docs.
+
+    Great Expectations is imported (slowly, several seconds) on first use.
+
+    Parameters
+    ----------
+    docs_dir : Path
+        Root of the file context that stores results and Data Docs.
+    """
+
+    def __init__(self, docs_dir: str | Path) -> None:
+        self.docs_dir = Path(docs_dir)
+        self._context = None
+        self._checkpoints: dict[str, Any] = {}
+        self.ran = 0
+
+    def _ctx(self):
+        if self._context is None:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self.docs_dir.mkdir(parents=True, exist_ok=True)
+            ctx = gx.get_context(mode="file", project_root_dir=str(self.docs_dir))
+            # the per-metric progress bars flood logs; results are reported by ingest
+            ctx.variables.progress_bars = ProgressBarsConfig(
+                globally=False, metric_calculations=False
+            )
+            self._context = ctx
+        return self._context
+
+    def _checkpoint(self, kind: str):
+        if kind not in self._checkpoints:
+            import great_expectations as gx
+            import great_expectations.expectations as gxe
+
+            ctx = self._ctx()
+            source = ctx.data_sources.add_or_update_pandas("trialguard")
+            try:
+                asset = source.get_asset(kind)
+            except LookupError:
+                asset = source.add_dataframe_asset(kind)
+            try:
+                batch = asset.get_batch_definition("whole file")
+            except (LookupError, KeyError):
+                batch = asset.add_batch_definition_whole_dataframe("whole file")
+            suite = gx.ExpectationSuite(name=suite_name(kind))
+            for cls, kwargs in expectation_specs(INPUT_KINDS[kind]):
+                suite.add_expectation(getattr(gxe, cls)(**kwargs))
+            suite = ctx.suites.add_or_update(suite)
+            definition = ctx.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=suite_name(kind), data=batch, suite=suite)
+            )
+            self._checkpoints[kind] = ctx.checkpoints.add_or_update(
+                gx.Checkpoint(
+                    name=f"{suite_name(kind)}.gate",
+                    validation_definitions=[definition],
+                    actions=[],
+                    result_format="SUMMARY",
+                )
+            )
+        return self._checkpoints[kind]
+
+    def validate(self, kind: str, frame: pl.DataFrame, file_id: str) -> GateResult:
+        """Run the suite of ``kind`` on ``frame`` (a file's accepted rows or a sample)."""
+        checkpoint = self._checkpoint(kind)
+        result = checkpoint.run(
+            batch_parameters={"dataframe": frame.to_pandas()},
+            run_id=_run_id(file_id),
+        )
+        details: list[dict[str, Any]] = []
+        evaluated = failed = 0
+        for run in result.run_results.values():
+            for r in run.results:
+                evaluated += 1
+                if r.success:
+                    continue
+                failed += 1
+                cfg = r.expectation_config
+                res = r.result or {}
+                sample = [
+                    safe_message(str(v)) for v in (res.get("partial_unexpected_list") or [])[:5]
+                ]
+                details.append(
+                    {
+                        "expectation": cfg.type,
+                        "column": cfg.kwargs.get("column") or cfg.kwargs.get("column_list"),
+                        "unexpected_count": res.get("unexpected_count"),
+                        "element_count": res.get("element_count"),
+                        "sample": sample,
+                    }
+                )
+        self.ran += 1
+        return GateResult(
+            suite=suite_name(kind),
+            success=bool(result.success),
+            evaluated=evaluated,
+            failed=failed,
+            details=json.loads(json.dumps(details, default=str)),
+            docs_path=str(self.index_path),
+        )
+
+    @property
+    def index_path(self) -> Path:
+        """The Data Docs entry page."""
+        return self.docs_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+    def build_docs(self) -> Path | None:
+        """Render Data Docs for every result stored so far (once per ingest call)."""
+        if not self.ran:
+            return None
+        self._ctx().build_data_docs()
+        return self.index_path
+
+
+def _run_id(file_id: str):
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    return RunIdentifier(run_name=f"file-{file_id[:16]}")

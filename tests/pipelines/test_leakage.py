@@ -1,0 +1,180 @@
+"""The leakage detectors on a real DuckDB store: SQL reads agree with the polars reference."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from features.schema import DETECTION_SCHEMA, PAN_REDACTION_MARKER, TABLES
+from models.compromise import CompromiseParams, score_card_compromise, terminal_card_counts
+from pipelines.leakage import run_leakage, run_leakage_detectors
+from pipelines.storage import connect
+
+AS_OF = date(2024, 4, 10)
+DEFAULTS = {"str": "x", "int": 0, "float": 0.0, "bool": False, "json": None}
+
+
+def tid(i: int) -> str:
+    return f"T{i:07d}"
+
+
+def insert(con, table: str, rows: list[dict]) -> None:
+    """Insert rows, filling the other required columns of the table with placeholders."""
+    cols, _ = TABLES[table]
+    full = []
+    for r in rows:
+        row = {}
+        for c in cols:
+            if c.name in r:
+                row[c.name] = r[c.name]
+            elif c.required and c.dtype in DEFAULTS:
+                row[c.name] = DEFAULTS[c.dtype]
+            elif c.required:
+                row[c.name] = datetime(2024, 1, 1) if c.dtype == "ts" else date(2024, 1, 1)
+            else:
+                row[c.name] = None
+        full.append(row)
+    frame = pl.DataFrame(full, schema={c.name: c.polars_type for c in cols})
+    con.register("_rows", frame.to_arrow())
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+    con.unregister("_rows")
+
+
+def txn(txn_id, terminal, card, ts, txn_type="purchase", amount=10_000, extra=None) -> dict:
+    return {
+        "txn_id": txn_id,
+        "terminal_id": terminal,
+        "merchant_id": "123456789012345",
+        "card_token": card,
+        "card_bin": "622202",
+        "card_last4": card[-4:].rjust(4, "0") if card[-4:].isdigit() else "0000",
+        "txn_time": ts,
+        "local_date": ts.date(),
+        "txn_type": txn_type,
+        "amount_minor": amount,
+        "currency": "156",
+        "card_type": "debit",
+        "entry_mode": "05",
+        "mcc": "5411",
+        "response_code": "00",
+        "extra": extra,
+    }
+
+
+def report(rid, card, fraud_time, reported_at, txn_id=None) -> dict:
+    return {
+        "report_id": rid,
+        "card_token": card,
+        "txn_id": txn_id,
+        "fraud_time": fraud_time,
+        "reported_at": reported_at,
+        "fraud_type": "counterfeit",
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    con = connect(tmp_path / "leak.duckdb")
+    txns, reports = [], []
+    for t in range(20):
+        for j in range(40):
+            ts = datetime(2024, 3, 1 + j % 20, 12, 0)
+            txns.append(txn(f"x{t}_{j}", tid(t), f"c{t}_{j:04d}", ts))
+    # T0 is a CPP (5 of its cards defrauded elsewhere); T2..T7 one card each (background)
+    for card in [f"c0_{j:04d}" for j in range(5)] + [f"c{t}_0000" for t in range(2, 8)]:
+        reports.append(report(f"r_{card}", card, datetime(2024, 3, 28, 10), datetime(2024, 4, 5)))
+    # T9 accepts 8 stolen cards on 25 March, reported by txn_id
+    for j in range(8):
+        ts = datetime(2024, 3, 25, 15, j)
+        txns.append(txn(f"h{j}", tid(9), f"s{j:04d}", ts, amount=480_000))
+        reports.append(report(f"rh{j}", f"s{j:04d}", ts, datetime(2024, 4, 1), txn_id=f"h{j}"))
+    # a report not known yet on AS_OF: T1 would otherwise have 3 F-cards
+    for j in range(5, 8):  # visits on 6-8 March
+        card = f"c1_{j:04d}"
+        reports.append(report(f"late{j}", card, datetime(2024, 4, 1), datetime(2024, 4, 20)))
+    # T3 prints a card number in a terminal event; T4 in a transaction's extra column
+    M = PAN_REDACTION_MARKER
+    txns.append(txn("pan1", tid(4), "c4_x", datetime(2024, 4, 10, 9), extra=f'{{"memo": "{M}"}}'))
+    insert(con, "transactions", txns)
+    insert(con, "fraud_reports", reports)
+    insert(
+        con,
+        "terminal_events",
+        [
+            {
+                "event_id": "ev1",
+                "terminal_id": tid(3),
+                "event_time": datetime(2024, 4, 10, 8),
+                "event_type": "reboot",
+                "detail": f"receipt dump {M}",
+            },
+            {
+                "event_id": "ev2",
+                "terminal_id": tid(5),
+                "event_time": datetime(2024, 4, 9, 8),
+                "event_type": "reboot",
+                "detail": f"yesterday {M}",
+            },
+        ],
+    )
+    yield con, pl.DataFrame(txns, infer_schema_length=None), pl.DataFrame(reports)
+    con.close()
+
+
+def test_detections_and_at_risk_from_the_store(store):
+    con, _, _ = store
+    detections, at_risk = run_leakage_detectors(con, AS_OF, config={})
+    assert detections.schema == DETECTION_SCHEMA
+    found = sorted(zip(detections["terminal_id"], detections["behaviour"], strict=True))
+    assert found == [
+        (tid(0), "card_compromise"),
+        (tid(3), "pan_exposure"),
+        (tid(4), "pan_exposure"),
+        (tid(9), "fraud_hotspot"),
+    ]
+    assert (detections["day"] == AS_OF).all()
+    assert detections["score"].is_between(0, 1).all()
+    # T0's F-cards visited on 1-5 March (days 1..5 -> j 0..4); the others then: j 20..24
+    assert at_risk["card_token"].to_list() == [f"c0_{j:04d}" for j in range(20, 25)]
+    assert at_risk.columns == [
+        "terminal_id",
+        "card_token",
+        "card_bin",
+        "card_last4",
+        "first_seen",
+        "last_seen",
+    ]
+    # nothing that looks like a card number in what goes to the analyst
+    texts = detections.explode("reasons").unnest("reasons")["text"].to_list()
+    assert not any(
+        any(ch.isdigit() for ch in w) and len(w) >= 13 for t in texts for w in t.split()
+    )
+
+
+def test_sql_path_matches_the_polars_reference(store):
+    con, txns, reports = store
+    params = CompromiseParams()
+    result = run_leakage(con, AS_OF, config={})
+    tx = txns.select("txn_id", "terminal_id", "card_token", "txn_time")
+    counts, n_active = terminal_card_counts(tx, *params.window(AS_OF))
+    ref = score_card_compromise(reports, tx, counts, n_active, AS_OF, params)
+    assert result.compromise_stats.equals(ref.stats)
+    t9 = result.compromise_stats.filter(pl.col("terminal_id") == tid(9)).row(0, named=True)
+    assert t9["k"] == 0  # the hotspot's own fraud is not exposure
+    t1 = result.compromise_stats.filter(pl.col("terminal_id") == tid(1)).row(0, named=True)
+    assert t1["k"] == 0  # reports arriving after AS_OF are not known yet
+    later = run_leakage(con, AS_OF + timedelta(days=10), config={})
+    t1_later = later.compromise_stats.filter(pl.col("terminal_id") == tid(1)).row(0, named=True)
+    assert t1_later["k"] == 3
+
+
+def test_thresholds_come_from_the_config(store):
+    con, _, _ = store
+    strict = {"card_compromise": {"min_cards": 6}, "fraud_hotspot": {"min_fraud": 9}}
+    detections, at_risk = run_leakage_detectors(con, AS_OF, config=strict)
+    assert set(detections["behaviour"]) == {"pan_exposure"}
+    assert at_risk.height == 0
+    with pytest.raises(ValueError, match="unknown keys"):
+        run_leakage_detectors(con, AS_OF, config={"pan_exposure": {"min_marker": 1}})
