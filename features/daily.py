@@ -172,7 +172,9 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
             | pl.col("refund_unmatched")
         ).alias("ev_cash_out"),
         (pl.col("testing_window") | pl.col("sequential_card")).alias("ev_card_testing"),
-        pl.col("fallback_entry").alias("ev_fallback_abuse"),
+        (pl.col("fallback_entry") & ~(pl.col("testing_window") | pl.col("sequential_card"))).alias(
+            "ev_fallback_abuse"
+        ),
         pl.col("unregistered_reason").is_not_null().alias("ev_unregistered_use"),
         (
             pl.col("over_txn_cap")
@@ -180,11 +182,15 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
             | pl.col("over_daily_count")
             | pl.col("over_same_card")
         ).alias("ev_trial_limit_breach"),
+        # A declined attempt is not a use of the terminal: only approved rows count.
         (
-            pl.col("disallowed_card_type")
-            | pl.col("disallowed_txn_type")
-            | pl.col("disallowed_entry_mode")
-            | pl.col("outside_hours")
+            pl.col("approved")
+            & (
+                pl.col("disallowed_card_type")
+                | pl.col("disallowed_txn_type")
+                | pl.col("disallowed_entry_mode")
+                | pl.col("outside_hours")
+            )
         ).alias("ev_disallowed_use"),
         (
             pl.col("response_code").is_in(technical_codes)
@@ -220,6 +226,8 @@ def aggregate_expressions() -> list[pl.Expr]:
     n_reversal = _count(pl.col("txn_type") == "reversal")
     declined = ~ok
     em = pl.col("entry_mode")
+    # Fallback / manual reads inside a card-testing burst are the testing itself.
+    fallback = pl.col("fallback_entry") & ~pl.col("ev_card_testing")
     return [
         pl.len().cast(pl.Int64).alias("n_txn"),
         _count(ok).alias("n_approved"),
@@ -255,8 +263,8 @@ def aggregate_expressions() -> list[pl.Expr]:
         _share(em == "05").alias("chip_share"),
         _share(em.is_in(["07", "91"])).alias("contactless_share"),
         _share(em == "03").alias("qr_share"),
-        _share("fallback_entry").alias("fallback_share"),
-        _count("fallback_entry").alias("n_fallback"),
+        _share(fallback).alias("fallback_share"),
+        _count(fallback).alias("n_fallback"),
         _share(em == "01").alias("manual_share"),
         _count("mcc_mismatch").alias("n_mcc_mismatch"),
         _share("mcc_mismatch").alias("mcc_mismatch_share"),
@@ -286,13 +294,13 @@ def aggregate_expressions() -> list[pl.Expr]:
         _count("over_daily_amount").alias("n_over_daily_amount"),
         _count("over_daily_count").alias("n_over_daily_count"),
         _count("over_same_card").alias("n_over_same_card"),
-        _count("disallowed_card_type").alias("n_disallowed_card_type"),
-        _count("disallowed_txn_type").alias("n_disallowed_txn_type"),
-        _count("disallowed_entry_mode").alias("n_disallowed_entry_mode"),
-        _count(pl.col("disallowed_entry_mode") & ~pl.col("fallback_entry")).alias(
+        _count(pl.col("disallowed_card_type") & ok).alias("n_disallowed_card_type"),
+        _count(pl.col("disallowed_txn_type") & ok).alias("n_disallowed_txn_type"),
+        _count(pl.col("disallowed_entry_mode") & ok).alias("n_disallowed_entry_mode"),
+        _count(pl.col("disallowed_entry_mode") & ~pl.col("fallback_entry") & ok).alias(
             "n_disallowed_entry_nonfallback"
         ),
-        _count("outside_hours").alias("n_outside_hours"),
+        _count(pl.col("outside_hours") & ok).alias("n_outside_hours"),
         pl.col("window_cards").max().cast(pl.Int64).alias("max_cards_window"),
         pl.col("testing_cards_row").max().cast(pl.Int64).alias("testing_cards"),
         pl.col("testing_decl_row").max().alias("testing_decline_rate"),
@@ -308,21 +316,30 @@ def _detail_expressions() -> list[pl.Expr]:
     return [
         pl.col("unregistered_reason").drop_nulls().first().alias("unregistered_reason"),
         pl.col("reg_registered_mcc").first().alias("registered_mcc"),
-        pl.col("mcc").filter(pl.col("mcc_mismatch")).mode().first().alias("mismatch_mcc"),
+        pl.col("mcc").filter(pl.col("mcc_mismatch")).mode().sort().first().alias("mismatch_mcc"),
         pl.col("max_txn_amount_minor").first().alias("max_txn_amount_minor"),
         pl.col("max_daily_amount_minor").first().alias("max_daily_amount_minor"),
         pl.col("max_daily_txn_count").first().alias("max_daily_txn_count"),
         pl.col("max_same_card_per_day").first().alias("max_same_card_per_day"),
         pl.col("amount_minor").filter(pl.col("over_txn_cap")).max().alias("max_over_cap_amount"),
-        pl.col("card_type").filter(pl.col("disallowed_card_type")).mode().first().alias(
-            "disallowed_card_type_value"
-        ),
-        pl.col("txn_type").filter(pl.col("disallowed_txn_type")).mode().first().alias(
-            "disallowed_txn_type_value"
-        ),
-        pl.col("entry_mode").filter(pl.col("disallowed_entry_mode")).mode().first().alias(
-            "disallowed_entry_mode_value"
-        ),
+        pl.col("card_type")
+        .filter(pl.col("disallowed_card_type") & pl.col("approved"))
+        .mode()
+        .sort()
+        .first()
+        .alias("disallowed_card_type_value"),
+        pl.col("txn_type")
+        .filter(pl.col("disallowed_txn_type") & pl.col("approved"))
+        .mode()
+        .sort()
+        .first()
+        .alias("disallowed_txn_type_value"),
+        pl.col("entry_mode")
+        .filter(pl.col("disallowed_entry_mode") & pl.col("approved"))
+        .mode()
+        .sort()
+        .first()
+        .alias("disallowed_entry_mode_value"),
         pl.col("hours_start_min").first().alias("hours_start_min"),
         pl.col("hours_end_min").first().alias("hours_end_min"),
     ]

@@ -294,10 +294,19 @@ def refund_unmatched() -> pl.Expr:
 
 
 def _prev_located(col: str) -> pl.Expr:
-    """Value of ``col`` at the previous row of the terminal that had a location."""
+    """Value of ``col`` at the previous located row of the same terminal and device.
+
+    Hops are measured per device serial: two devices sharing a terminal id
+    (a clone) are not one device travelling back and forth.
+    """
     located = pl.col("terminal_lat").is_not_null() & pl.col("terminal_lon").is_not_null()
     return (
-        pl.when(located).then(pl.col(col)).otherwise(None).shift(1).forward_fill().over("terminal_id")
+        pl.when(located)
+        .then(pl.col(col))
+        .otherwise(None)
+        .shift(1)
+        .forward_fill()
+        .over(["terminal_id", "device_serial"])
     )
 
 
@@ -388,12 +397,16 @@ def stan_conflict() -> pl.Expr:
 
 
 def same_card_burst(k: int, window_s: int) -> pl.Expr:
-    """Same card used ``k`` times at the terminal within ``window_s`` seconds (ends here)."""
-    keys = ["terminal_id", "card_token"]
+    """Approved sale that is the ``k``-th by the same card within ``window_s`` seconds.
+
+    Only approved cap-counting sales count: a customer retrying a declined card
+    is not splitting a sale.
+    """
+    keys = ["terminal_id", "card_token", "cap_txn"]
     gap = (pl.col("txn_time") - pl.col("txn_time").shift(k - 1).over(keys)).dt.total_seconds()
-    return (pl.col("card_token").is_not_null() & (gap <= window_s)).fill_null(False).alias(
-        "same_card_burst"
-    )
+    return (pl.col("cap_txn") & pl.col("card_token").is_not_null() & (gap <= window_s)).fill_null(
+        False
+    ).alias("same_card_burst")
 
 
 def enrich_transactions(

@@ -270,7 +270,9 @@ _BLOCK = 2048  # rows scored together, tree after tree, so one tree stays in L1 
 
 
 @pjit
-def _score_samples(X, tree_offsets, feature, threshold, left, missing_left, leaf_value, denom, out):
+def _score_samples(
+    X, tree_offsets, feature, threshold, left, missing_left, leaf_value, denom, out
+):
     n = X.shape[0]
     n_trees = tree_offsets.shape[0] - 1
     n_blocks = (n + _BLOCK - 1) // _BLOCK
@@ -286,7 +288,7 @@ def _score_samples(X, tree_offsets, feature, threshold, left, missing_left, leaf
                 while left[node] >= 0:
                     x = X[i, feature[node]]
                     # NaN fails every comparison, so it goes right unless missing_left.
-                    go_right = not (x <= threshold[node] or (x != x and missing_left[node]))
+                    go_right = not (x <= threshold[node] or (np.isnan(x) and missing_left[node]))
                     node = base + left[node] + go_right
                 depth[i - lo] += leaf_value[node]
         for i in range(lo, hi):
@@ -301,7 +303,9 @@ _TILE = 64  # rows descending a tree together (independent loads overlap)
 
 
 @pjit
-def _score_samples_heap(Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out):
+def _score_samples_heap(
+    Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out
+):
     # Flat arrays and unsigned indices: no negative-index wraparound on the hot path.
     n = out.shape[0]
     n_trees = feature.shape[0] // ((1 << depth) - 1)
@@ -323,7 +327,7 @@ def _score_samples_heap(Xf, n_cols, feature, threshold, missing_left, leaf_value
                         j = base + nodes[r]
                         x = Xf[np.uint64((lo + r) * n_cols) + np.uint64(feature[j])]
                         # NaN fails the comparison, so it goes right unless missing_left.
-                        go_left = (x <= threshold[j]) | ((x != x) & missing_left[j])
+                        go_left = (x <= threshold[j]) | (np.isnan(x) & missing_left[j])
                         nodes[r] = nodes[r] + nodes[r] + one + np.uint64(not go_left)
                 leaf = np.uint64(k) * (n_inner + one) - n_inner
                 for r in range(m):

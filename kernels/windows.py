@@ -13,6 +13,7 @@ import numpy as np
 from kernels._checks import as_int64, as_time, check_sorted, dense_codes, same_length
 from kernels._jit import jit
 
+
 @jit
 def _window_count(group, t, window, out):
     n = group.shape[0]
@@ -166,4 +167,3 @@ def same_value_recent(group, t, values, window_s) -> np.ndarray:
     array([1, 1, 2, 1])
     """
     return _value_counts(group, t, values, window_s, "same_value_recent", 1)
-

@@ -12,7 +12,11 @@ The method is the acquirer specification of the domain reference (§2.1):
    distinct cards over the analysis window; base rate ``p`` = F-cards seen in their
    windows / all active cards.
 4. ``lift = k_t / (n_t p)``, one-sided binomial tail ``P(X >= k_t | n_t, p)``,
-   Benjamini-Hochberg across terminals, ``k_t >= 3`` and a minimum lift.
+   Benjamini-Hochberg across terminals, ``k_t >= 3`` and a minimum lift. CPPs are
+   selected one at a time and each one's F-cards are "explained away" before the
+   next terminal is judged: a compromised card also shops at its owner's other
+   usual terminals, which would otherwise look like CPPs too (the reference's
+   "suspect set, then ranked").
 5. Compromise period = [first, last] day of F-card visits at ``t``; every other
    card seen at ``t`` in that period is at risk (tokens only).
 

@@ -89,6 +89,13 @@ def _hhmm(minutes: pl.Expr) -> pl.Expr:
     return pl.format("{}:{}", h, m)
 
 
+def _night_business() -> pl.Expr:
+    """The policy's business hours include 02:00 (a night business: night use is normal)."""
+    s, e, m = pl.col("hours_start_min"), pl.col("hours_end_min"), pl.lit(120)
+    inside = pl.when(s < e).then((m >= s) & (m < e)).otherwise((m >= s) | (m < e))
+    return (s.is_not_null() & e.is_not_null() & inside).fill_null(False)
+
+
 # ---------------------------------------------------------------------------
 # Checks per behaviour
 # ---------------------------------------------------------------------------
@@ -165,16 +172,17 @@ def cloned_terminal_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("n_stan_conflict").cast(pl.Float64),
             _f(c["min_stan_conflicts"]),
+            fires=False,
         ),
         Check(
             "network_interleaving",
-            (pl.col("n_ip_back_switch") >= net) & (pl.col("n_cell_back_switch") >= net),
-            exceed_score(pl.col("n_ip_back_switch"), _f(net)) * 0.8,
+            (pl.col("n_ips") >= 2) & (pl.col("n_ip_back_switch") >= net),
+            exceed_score(pl.col("n_ip_back_switch"), _f(net)),
             pl.format(
-                "IP address and cell alternate between two sessions ({} and {} back-switches, "
-                "threshold {})",
+                "{} IP addresses alternate back and forth {} times in a day (two sessions at "
+                "once; threshold {})",
+                pl.col("n_ips"),
                 pl.col("n_ip_back_switch"),
-                pl.col("n_cell_back_switch"),
                 pl.lit(net),
             ),
             pl.col("n_ip_back_switch").cast(pl.Float64),
@@ -279,7 +287,7 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
         ),
         Check(
             "split_sales",
-            pl.col("n_same_card_bursts") >= 1,
+            pl.col("n_same_card_bursts") >= int(c["min_split_sales"]),
             count_score(pl.col("n_same_card_bursts")),
             pl.format(
                 "{} times one card was used {} times within {} min (split sale)",
@@ -289,6 +297,19 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("n_same_card_bursts").cast(pl.Float64),
             _f(1),
+            fires=False,
+        ),
+        Check(
+            "repeat_card",
+            pl.col("max_same_card") > int(c["repeat_card_per_day"]),
+            exceed_score(pl.col("max_same_card"), _f(c["repeat_card_per_day"])),
+            pl.format(
+                "one card used {} times in the day (threshold more than {})",
+                pl.col("max_same_card"),
+                pl.lit(int(c["repeat_card_per_day"])),
+            ),
+            pl.col("max_same_card").cast(pl.Float64),
+            _f(c["repeat_card_per_day"]),
             fires=False,
         ),
         Check(
@@ -309,7 +330,7 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
         ),
         Check(
             "night_use",
-            enough & (pl.col("night_share") > float(c["night_share"])),
+            enough & (pl.col("night_share") > float(c["night_share"])) & ~_night_business(),
             exceed_score(pl.col("night_share"), float(c["night_share"])),
             pl.format(
                 "{}% of approved purchases at night, 00:00-05:00 (threshold {}%)",
@@ -323,7 +344,10 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
         Check(
             "refunds",
             (pl.col("n_unmatched_refund") >= int(c["min_unmatched_refunds"]))
-            | (enough & (pl.col("refund_ratio") > float(c["refund_ratio"]))),
+            | (
+                (pl.col("n_refund") >= int(c["min_refunds"]))
+                & (pl.col("refund_ratio") > float(c["refund_ratio"]))
+            ),
             exceed_score(pl.col("refund_ratio").fill_null(1.0), float(c["refund_ratio"])),
             pl.format(
                 "{} refunds ({}% of purchases, threshold {}%), {} without a matching purchase",
@@ -410,6 +434,7 @@ _UNREGISTERED_TEXT = {
     "before_activation": "used before activation",
     "before_trial": "used before the trial start",
     "after_trial": "used after the trial end",
+    "implausible_time": "transactions dated far outside the trial window",
 }
 
 
@@ -546,8 +571,13 @@ def disallowed_use_checks(cfg: dict[str, Any]) -> list[Check]:
 
 
 def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
-    """Technical declines, reversals, duplicate STANs or clock skew beyond normal."""
+    """Technical declines, reversals, duplicate STANs or clock skew beyond normal.
+
+    The checks are indicators; :func:`detect` fires on ``min_indicators`` of them
+    or on massive technical declines alone.
+    """
     c = cfg["malfunction"]
+    dups = pl.col("n_stan_repeat") + pl.col("n_stan_conflict")
     return [
         Check(
             "technical_declines",
@@ -562,6 +592,7 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("decline_technical_rate"),
             _f(c["technical_rate"]),
+            fires=False,
         ),
         Check(
             "reversals",
@@ -576,18 +607,20 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("reversal_ratio"),
             _f(c["reversal_ratio"]),
+            fires=False,
         ),
         Check(
-            "stan_repeats",
-            pl.col("n_stan_repeat") >= int(c["min_stan_repeats"]),
-            count_score(pl.col("n_stan_repeat") - int(c["min_stan_repeats"]) + 1),
+            "duplicate_stans",
+            dups >= int(c["min_stan_repeats"]),
+            count_score(dups - int(c["min_stan_repeats"]) + 1),
             pl.format(
-                "{} messages repeat a STAN with the same amount and card (threshold {})",
-                pl.col("n_stan_repeat"),
+                "{} messages reuse a STAN already used that day (threshold {})",
+                dups,
                 pl.lit(int(c["min_stan_repeats"])),
             ),
-            pl.col("n_stan_repeat").cast(pl.Float64),
+            dups.cast(pl.Float64),
             _f(c["min_stan_repeats"]),
+            fires=False,
         ),
         Check(
             "clock_skew",
@@ -595,12 +628,13 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             count_score(pl.col("n_implausible_time")),
             pl.format(
                 "{} transactions with an implausible time (more than {} days outside the "
-                "trial window or in the future)",
+                "trial window)",
                 pl.col("n_implausible_time"),
                 pl.lit(int(c["implausible_days"])),
             ),
             pl.col("n_implausible_time").cast(pl.Float64),
             _f(1),
+            fires=False,
         ),
     ]
 
@@ -707,6 +741,13 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
             fire = n_ind >= int(c["min_indicators"])
             score = 1.0 - pl.lit(0.5).pow((n_ind - int(c["min_indicators"]) + 1).cast(pl.Float64))
             parts.append(behaviour_detections(day, behaviour, checks, fire, score))
+        elif behaviour == "malfunction":
+            c = config["malfunction"]
+            n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in checks])
+            fire = (n_ind >= int(c["min_indicators"])) | (
+                pl.col("n_technical") >= int(c["strong_technical"])
+            ) & checks[0].when.fill_null(False)
+            parts.append(behaviour_detections(day, behaviour, checks, fire))
         else:
             parts.append(behaviour_detections(day, behaviour, checks))
     return pl.concat(parts, how="vertical").cast(dict(DETECTION_SCHEMA))

@@ -29,6 +29,7 @@ from features.schema import (
     BEHAVIOURS,
     CATEGORIES,
     DECISIONS,
+    DEFAULT_POLICY_ID,
     ENTRY_MODES,
     FLAG_STATUSES,
     SEVERITIES,
@@ -72,6 +73,12 @@ def open_db(settings: Settings, read_only: bool = True) -> duckdb.DuckDBPyConnec
     """Open the store; a clear message when it is missing or another process writes to it."""
     try:
         return connect(settings.db_path, read_only=read_only)
+    except duckdb.ConnectionException:
+        if not read_only:
+            raise
+        # This process already holds a writable connection (e.g. a flow that writes the
+        # report after detection); DuckDB then refuses a read-only one, so share its mode.
+        return connect(settings.db_path, read_only=False)
     except duckdb.IOException as exc:
         raise AnalystError(
             f"cannot open {settings.db_path}: {exc}. Another TrialGuard command (a run or the "
@@ -247,8 +254,9 @@ def query_flags(
     min_severity : str, optional
         Keep flags at this severity or above.
     statuses : sequence of str
-        Keep flags with one of these statuses (empty: any). A snoozed flag whose
-        ``snooze_until`` has come (on or before ``as_of``) counts as ``open``.
+        Keep flags with one of these statuses (empty: any). A snoozed flag stays
+        quiet through ``snooze_until`` and counts as ``open`` from the day after (as
+        detection reopens it).
     as_of : date, optional
         The day snoozes are judged against (default: ``on``, else no snooze ends).
     limit : int, optional
@@ -300,7 +308,7 @@ def query_flags(
                        f.category, f.severity, f.score, f.first_seen, f.last_seen,
                        CASE WHEN f.status = 'snoozed' AND d.snooze_until IS NOT NULL
                                  AND CAST(? AS DATE) IS NOT NULL
-                                 AND d.snooze_until <= CAST(? AS DATE)
+                                 AND d.snooze_until < CAST(? AS DATE)
                             THEN 'open' ELSE f.status END AS status,
                        CASE WHEN f.status = 'snoozed' THEN d.snooze_until END AS snooze_until,
                        CAST(f.reasons AS VARCHAR) AS reasons_json,
@@ -437,6 +445,264 @@ HAVERSINE_M = """
         + cos(radians({lat1})) * cos(radians({lat2})) * pow(sin(radians({lon2} - {lon1}) / 2), 2)
     ))
 """
+#: Distance (m) of a transaction's reported location from the registered address.
+TXN_DISTANCE_M = HAVERSINE_M.format(
+    lat1="r.registered_lat", lon1="r.registered_lon", lat2="t.terminal_lat", lon2="t.terminal_lon"
+)
+
+
+def _group(rows: list[dict], key: str = "terminal_id") -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.pop(key), []).append(r)
+    return out
+
+
+def case_files(
+    con: duckdb.DuckDBPyConnection,
+    terminal_ids: Sequence[str],
+    *,
+    as_of: date | None = None,
+    max_evidence: int = 200,
+    txn_table: str = "transactions",
+) -> dict[str, dict[str, Any]]:
+    """Case files of many terminals at once (one query per part, not per terminal).
+
+    Same content as :func:`case_file`; terminals unknown everywhere are left out.
+    """
+    ids = list(dict.fromkeys(terminal_ids))
+    if not ids:
+        return {}
+    cut = "AND t.local_date <= CAST(? AS DATE)" if as_of else ""
+    cut_p = [as_of] if as_of else []
+    ids_cte = "ids AS (SELECT unnest(CAST(? AS VARCHAR[])) AS terminal_id)"
+    # The registry version in force on as_of (else the oldest one there is).
+    cur_cte = f"""{ids_cte},
+        r AS (SELECT * FROM terminals WHERE terminal_id IN (SELECT terminal_id FROM ids)
+              QUALIFY row_number() OVER (
+                  PARTITION BY terminal_id
+                  ORDER BY (CAST(? AS DATE) IS NULL OR CAST(updated_at AS DATE) <= CAST(? AS DATE))
+                           DESC,
+                           CASE WHEN CAST(? AS DATE) IS NULL
+                                  OR CAST(updated_at AS DATE) <= CAST(? AS DATE)
+                                THEN updated_at END DESC NULLS LAST,
+                           updated_at) = 1)"""
+    cur_p = [ids, as_of, as_of, as_of, as_of]
+
+    registry = _group(
+        _rows(
+            con,
+            "SELECT * EXCLUDE (extra, file_id, line_no) FROM terminals "
+            "WHERE terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) "
+            "ORDER BY terminal_id, updated_at DESC",
+            [ids],
+        )
+    )
+    current = {
+        r["terminal_id"]: r
+        for r in _rows(
+            con, f"WITH {cur_cte} SELECT * EXCLUDE (extra, file_id, line_no) FROM r", cur_p
+        )
+    }
+    flags = _group(
+        _rows(
+            con,
+            "SELECT terminal_id, flag_id, behaviour, category, severity, score, first_seen, "
+            "last_seen, status, run_id, CAST(reasons AS VARCHAR) AS reasons, "
+            "CAST(evidence AS VARCHAR) AS evidence FROM flags "
+            "WHERE terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) "
+            "ORDER BY terminal_id, last_seen DESC, score DESC, flag_id",
+            [ids],
+        )
+    )
+    n_txn = {
+        r["terminal_id"]: r["n"]
+        for r in _rows(
+            con,
+            f"SELECT t.terminal_id, count(*) AS n FROM {txn_table} t "
+            f"WHERE t.terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) {cut} GROUP BY 1",
+            [ids, *cut_p],
+        )
+    }
+    dispositions = _rows(
+        con,
+        "SELECT d.flag_id, d.decision, d.analyst, d.note, d.decided_at, d.snooze_until "
+        "FROM dispositions d JOIN flags f USING (flag_id) "
+        "WHERE f.terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) "
+        "ORDER BY d.decided_at, d.flag_id",
+        [ids],
+    )
+    by_flag: dict[str, list[dict]] = {}
+    for d in dispositions:
+        by_flag.setdefault(d["flag_id"], []).append(d)
+    evidence_ids: list[str] = []
+    for fl in flags.values():
+        for f in fl:
+            f["reasons"] = _loads(f["reasons"], [])
+            f["evidence"] = [str(e) for e in _loads(f["evidence"], [])]
+            f["dispositions"] = by_flag.get(f["flag_id"], [])
+            evidence_ids += f["evidence"]
+    evidence_ids = list(dict.fromkeys(evidence_ids))
+
+    policies = {
+        p["policy_id"]: p
+        for p in _rows(
+            con,
+            "SELECT policy_id, version, CAST(body AS VARCHAR) AS body, loaded_at FROM policies "
+            "QUALIFY row_number() OVER (PARTITION BY policy_id ORDER BY loaded_at DESC) = 1",
+        )
+    }
+
+    evidence_txns: dict[str, list[dict]] = {}
+    events: dict[str, list[dict]] = {}
+    if evidence_ids:
+        evidence_txns = _group(
+            _rows(
+                con,
+                f"""
+            WITH {cur_cte}
+            SELECT t.terminal_id, t.txn_id, t.txn_time, t.txn_type, t.amount_minor, t.currency,
+                   t.card_bin, t.card_last4, t.card_type, t.card_country, t.entry_mode,
+                   t.pin_entered, t.mcc, t.response_code, t.device_serial, t.terminal_lat,
+                   t.terminal_lon, t.cell_id, t.ip_address, {TXN_DISTANCE_M} AS distance_m
+            FROM {txn_table} t
+            LEFT JOIN r ON r.terminal_id = t.terminal_id
+            WHERE t.txn_id IN (SELECT unnest(CAST(? AS VARCHAR[])))
+              AND t.terminal_id IN (SELECT terminal_id FROM ids)
+            QUALIFY row_number() OVER (
+                PARTITION BY t.terminal_id ORDER BY t.txn_time DESC, t.txn_id) <= ?
+            ORDER BY t.terminal_id, t.txn_time DESC, t.txn_id
+            """,
+                [*cur_p, evidence_ids, max_evidence],
+            )
+        )
+        events = _group(
+            _rows(
+                con,
+                "SELECT terminal_id, event_id, event_time, event_type, device_serial, lat, lon, "
+                "cell_id, ip_address, app_version, detail FROM terminal_events "
+                "WHERE event_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) "
+                "AND terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) "
+                "QUALIFY row_number() OVER (PARTITION BY terminal_id ORDER BY event_time DESC) <= ? "
+                "ORDER BY terminal_id, event_time DESC",
+                [evidence_ids, ids, max_evidence],
+            )
+        )
+
+    timeline = _group(
+        _rows(
+            con,
+            f"""
+        SELECT t.terminal_id, t.local_date AS day,
+               count(*) AS txn_count,
+               count(*) FILTER (WHERE t.response_code = '00') AS approved_count,
+               count(*) FILTER (WHERE t.response_code <> '00') AS declined_count,
+               coalesce(sum(t.amount_minor) FILTER (WHERE t.response_code = '00'), 0)
+                   AS approved_amount_minor,
+               coalesce(sum(t.amount_minor), 0) AS amount_minor,
+               count(DISTINCT t.card_token) AS distinct_cards
+        FROM {txn_table} t
+        WHERE t.terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) {cut}
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """,
+            [ids, *cut_p],
+        )
+    )
+    distance_by_day = _group(
+        _rows(
+            con,
+            f"""
+        WITH {cur_cte}
+        SELECT t.terminal_id, t.local_date AS day, count(*) AS located,
+               median({TXN_DISTANCE_M}) AS median_m, max({TXN_DISTANCE_M}) AS max_m
+        FROM {txn_table} t JOIN r ON r.terminal_id = t.terminal_id
+        WHERE t.terminal_lat IS NOT NULL AND t.terminal_lon IS NOT NULL
+              AND r.registered_lat IS NOT NULL AND r.registered_lon IS NOT NULL {cut}
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """,
+            [*cur_p, *cut_p],
+        )
+    )
+    response_codes = _group(
+        _rows(
+            con,
+            f"SELECT t.terminal_id, t.response_code, count(*) AS n FROM {txn_table} t "
+            f"WHERE t.terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) {cut} "
+            "GROUP BY 1, 2 ORDER BY 1, n DESC, 2",
+            [ids, *cut_p],
+        )
+    )
+    entry_modes = _group(
+        _rows(
+            con,
+            f"SELECT t.terminal_id, t.entry_mode, count(*) AS n FROM {txn_table} t "
+            f"WHERE t.terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) {cut} "
+            "GROUP BY 1, 2 ORDER BY 1, n DESC, 2",
+            [ids, *cut_p],
+        )
+    )
+    at_risk = {
+        r["terminal_id"]: r["n"]
+        for r in _rows(
+            con,
+            "SELECT terminal_id, count(DISTINCT card_token) AS n FROM at_risk_cards "
+            "WHERE terminal_id IN (SELECT unnest(CAST(? AS VARCHAR[]))) GROUP BY 1",
+            [ids],
+        )
+    }
+
+    out: dict[str, dict[str, Any]] = {}
+    for tid in ids:
+        if tid not in registry and tid not in flags and not n_txn.get(tid):
+            continue
+        cur = current.get(tid)
+        tflags = flags.get(tid, [])
+        # An unregistered terminal, or one naming an unknown policy, is judged under default.
+        registered = cur["policy_id"] if cur is not None else None
+        policy = None
+        for pid in (registered, DEFAULT_POLICY_ID):
+            if pid in policies:
+                policy = dict(policies[pid]) | {"body": _loads(policies[pid]["body"], {})}
+                if pid == registered:
+                    policy["applies_because"] = "registered policy"
+                elif registered is None:
+                    policy["applies_because"] = "not in the registry; the default applies"
+                else:
+                    policy["applies_because"] = (
+                        f"policy {registered!r} is not loaded; the default applies"
+                    )
+                break
+        txns = evidence_txns.get(tid, [])
+        for t in txns:
+            t["card"] = mask_card(t.pop("card_bin"), t.pop("card_last4"))
+            t["entry_mode_name"] = ENTRY_MODES.get(t["entry_mode"], t["entry_mode"])
+            t["flag_ids"] = [f["flag_id"] for f in tflags if t["txn_id"] in f["evidence"]]
+        days = timeline.get(tid, [])
+        for day in days:
+            day["behaviours"] = sorted(
+                {f["behaviour"] for f in tflags if f["first_seen"] <= day["day"] <= f["last_seen"]}
+            )
+        modes = entry_modes.get(tid, [])
+        for e in modes:
+            e["name"] = ENTRY_MODES.get(e["entry_mode"], "unknown")
+        out[tid] = {
+            "terminal_id": tid,
+            "as_of": as_of,
+            "registry": registry.get(tid, []),
+            "current": cur,
+            "policy": policy,
+            "flags": tflags,
+            "evidence_transactions": txns,
+            "evidence_events": events.get(tid, []),
+            "timeline": days,
+            "distance_by_day": distance_by_day.get(tid, []),
+            "response_codes": response_codes.get(tid, []),
+            "entry_modes": modes,
+            "dispositions": [d for f in tflags for d in f["dispositions"]],
+            "at_risk_cards": at_risk.get(tid, 0),
+            "txn_count": n_txn.get(tid, 0),
+        }
+    return out
 
 
 def case_file(
@@ -456,200 +722,37 @@ def case_file(
     terminal_id : str
         The terminal (DE41).
     as_of : date, optional
-        Ignore activity after this day (default: everything stored).
+        Ignore activity after this day and take the registry version in force on it
+        (default: everything stored, the latest version).
     max_evidence : int
-        At most this many evidence transactions (most recent first).
+        At most this many evidence transactions (and events), most recent first.
     txn_table : str
         Table or view to read transactions from (the report narrows it first).
 
     Returns
     -------
     dict
-        ``terminal_id``, ``registry`` (versions, newest first), ``policy``, ``flags``
-        (each with ``reasons``, ``evidence`` and its ``dispositions``),
-        ``evidence_transactions`` (card masked), ``evidence_events``, ``timeline``
+        ``terminal_id``, ``registry`` (versions, newest first), ``current`` (the version
+        in force), ``policy`` (with ``applies_because``), ``flags`` (each with ``reasons``,
+        ``evidence`` and its ``dispositions``), ``evidence_transactions`` (card masked,
+        ``distance_m`` from the registered address), ``evidence_events``, ``timeline``
         (per day), ``distance_by_day``, ``response_codes``, ``entry_modes``,
-        ``dispositions`` and ``at_risk_cards`` (count).
+        ``dispositions``, ``at_risk_cards`` (count) and ``txn_count``.
 
     Raises
     ------
     AnalystError
         The terminal is neither in the registry nor in any transaction or flag.
     """
-    registry = _rows(
-        con,
-        "SELECT * EXCLUDE (extra, file_id, line_no) FROM terminals WHERE terminal_id = ? "
-        "ORDER BY updated_at DESC",
-        [terminal_id],
+    found = case_files(
+        con, [terminal_id], as_of=as_of, max_evidence=max_evidence, txn_table=txn_table
     )
-    current = next(
-        (r for r in registry if as_of is None or r["updated_at"].date() <= as_of),
-        registry[0] if registry else None,
-    )
-    day_cut = "AND t.local_date <= ?" if as_of else ""
-    cut_params = [as_of] if as_of else []
-    flags = _rows(
-        con,
-        "SELECT flag_id, behaviour, category, severity, score, first_seen, last_seen, status, "
-        "run_id, CAST(reasons AS VARCHAR) AS reasons, CAST(evidence AS VARCHAR) AS evidence "
-        "FROM flags WHERE terminal_id = ? ORDER BY last_seen DESC, score DESC, flag_id",
-        [terminal_id],
-    )
-    n_txn = con.execute(
-        f"SELECT count(*) FROM {txn_table} t WHERE t.terminal_id = ? {day_cut}",
-        [terminal_id, *cut_params],
-    ).fetchone()[0]
-    if not registry and not flags and not n_txn:
+    if terminal_id not in found:
         raise AnalystError(
             f"terminal {terminal_id!r} is not in the registry, has no transactions and no flags; "
             "check the id (8 characters, DE41) or list flagged terminals with `trialguard flags`"
         )
-    dispositions = _rows(
-        con,
-        "SELECT d.flag_id, d.decision, d.analyst, d.note, d.decided_at, d.snooze_until "
-        "FROM dispositions d JOIN flags f USING (flag_id) WHERE f.terminal_id = ? "
-        "ORDER BY d.decided_at, d.flag_id",
-        [terminal_id],
-    )
-    evidence_ids: list[str] = []
-    for f in flags:
-        f["reasons"] = _loads(f["reasons"], [])
-        f["evidence"] = [str(e) for e in _loads(f["evidence"], [])]
-        f["dispositions"] = [d for d in dispositions if d["flag_id"] == f["flag_id"]]
-        evidence_ids += f["evidence"]
-    evidence_ids = list(dict.fromkeys(evidence_ids))
-
-    policy = None
-    if current is not None:
-        for pid in (current["policy_id"], "default"):
-            found = _rows(
-                con,
-                "SELECT policy_id, version, CAST(body AS VARCHAR) AS body, loaded_at FROM policies "
-                "WHERE policy_id = ? ORDER BY loaded_at DESC LIMIT 1",
-                [pid],
-            )
-            if found:
-                policy = found[0] | {"body": _loads(found[0]["body"], {})}
-                policy["applies_because"] = (
-                    "registered policy"
-                    if pid == current["policy_id"]
-                    else f"policy {current['policy_id']!r} is not loaded; the default applies"
-                )
-                break
-
-    reg_lat = current["registered_lat"] if current else None
-    reg_lon = current["registered_lon"] if current else None
-    distance = "NULL"
-    if reg_lat is not None and reg_lon is not None:
-        # float() makes the registered coordinates safe to inline as SQL literals.
-        distance = HAVERSINE_M.format(
-            lat1=repr(float(reg_lat)),
-            lon1=repr(float(reg_lon)),
-            lat2="t.terminal_lat",
-            lon2="t.terminal_lon",
-        )
-    evidence_txns: list[dict[str, Any]] = []
-    if evidence_ids:
-        con.execute("CREATE OR REPLACE TEMP TABLE _case_evidence (id VARCHAR)")
-        con.executemany("INSERT INTO _case_evidence VALUES (?)", [[e] for e in evidence_ids])
-        evidence_txns = _rows(
-            con,
-            f"""
-            SELECT t.txn_id, t.txn_time, t.txn_type, t.amount_minor, t.currency, t.card_bin,
-                   t.card_last4, t.card_type, t.card_country, t.entry_mode, t.pin_entered,
-                   t.mcc, t.response_code, t.device_serial, t.terminal_lat, t.terminal_lon,
-                   t.cell_id, t.ip_address, {distance} AS distance_m
-            FROM {txn_table} t JOIN _case_evidence e ON e.id = t.txn_id
-            WHERE t.terminal_id = ?
-            ORDER BY t.txn_time DESC, t.txn_id LIMIT ?
-            """,
-            [terminal_id, max_evidence],
-        )
-        events = _rows(
-            con,
-            "SELECT ev.event_id, ev.event_time, ev.event_type, ev.device_serial, ev.lat, ev.lon, "
-            "ev.cell_id, ev.ip_address, ev.app_version, ev.detail FROM terminal_events ev "
-            "JOIN _case_evidence e ON e.id = ev.event_id WHERE ev.terminal_id = ? "
-            "ORDER BY ev.event_time DESC LIMIT ?",
-            [terminal_id, max_evidence],
-        )
-        con.execute("DROP TABLE IF EXISTS _case_evidence")
-    else:
-        events = []
-    for t in evidence_txns:
-        t["card"] = mask_card(t.pop("card_bin"), t.pop("card_last4"))
-        t["entry_mode_name"] = ENTRY_MODES.get(t["entry_mode"], t["entry_mode"])
-        t["flag_ids"] = [f["flag_id"] for f in flags if t["txn_id"] in f["evidence"]]
-
-    timeline = _rows(
-        con,
-        f"""
-        SELECT t.local_date AS day,
-               count(*) AS txn_count,
-               count(*) FILTER (WHERE t.response_code = '00') AS approved_count,
-               count(*) FILTER (WHERE t.response_code <> '00') AS declined_count,
-               coalesce(sum(t.amount_minor) FILTER (WHERE t.response_code = '00'), 0)
-                   AS approved_amount_minor,
-               coalesce(sum(t.amount_minor), 0) AS amount_minor,
-               count(DISTINCT t.card_token) AS distinct_cards
-        FROM {txn_table} t WHERE t.terminal_id = ? {day_cut}
-        GROUP BY 1 ORDER BY 1
-        """,
-        [terminal_id, *cut_params],
-    )
-    for day in timeline:
-        day["behaviours"] = sorted(
-            {f["behaviour"] for f in flags if f["first_seen"] <= day["day"] <= f["last_seen"]}
-        )
-    distance_by_day: list[dict[str, Any]] = []
-    if distance != "NULL":
-        distance_by_day = _rows(
-            con,
-            f"""
-            SELECT t.local_date AS day, count(*) AS located,
-                   median({distance}) AS median_m, max({distance}) AS max_m
-            FROM {txn_table} t
-            WHERE t.terminal_id = ? AND t.terminal_lat IS NOT NULL
-                  AND t.terminal_lon IS NOT NULL {day_cut}
-            GROUP BY 1 ORDER BY 1
-            """,
-            [terminal_id, *cut_params],
-        )
-    response_codes = _rows(
-        con,
-        f"SELECT t.response_code, count(*) AS n FROM {txn_table} t "
-        f"WHERE t.terminal_id = ? {day_cut} GROUP BY 1 ORDER BY n DESC, 1",
-        [terminal_id, *cut_params],
-    )
-    entry_modes = _rows(
-        con,
-        f"SELECT t.entry_mode, count(*) AS n FROM {txn_table} t "
-        f"WHERE t.terminal_id = ? {day_cut} GROUP BY 1 ORDER BY n DESC, 1",
-        [terminal_id, *cut_params],
-    )
-    for e in entry_modes:
-        e["name"] = ENTRY_MODES.get(e["entry_mode"], "unknown")
-    at_risk = con.execute(
-        "SELECT count(DISTINCT card_token) FROM at_risk_cards WHERE terminal_id = ?",
-        [terminal_id],
-    ).fetchone()[0]
-    return {
-        "terminal_id": terminal_id,
-        "as_of": as_of,
-        "registry": registry,
-        "current": current,
-        "policy": policy,
-        "flags": flags,
-        "evidence_transactions": evidence_txns,
-        "evidence_events": events,
-        "timeline": timeline,
-        "distance_by_day": distance_by_day,
-        "response_codes": response_codes,
-        "entry_modes": entry_modes,
-        "dispositions": dispositions,
-        "at_risk_cards": at_risk,
-        "txn_count": n_txn,
-    }
+    return found[terminal_id]
 
 
 def format_case_file(case: Mapping[str, Any]) -> str:
@@ -685,7 +788,8 @@ def format_case_file(case: Mapping[str, Any]) -> str:
         reg.add_column(c, overflow="fold")
     for r in case["registry"]:
         reg.add_row(*("" if r.get(c) is None else str(r[c]) for c in reg_cols))
-    console.print(reg)
+    if case["registry"]:
+        console.print(reg)
     pol = case["policy"]
     if pol:
         console.print(
@@ -832,8 +936,8 @@ def record_review(
     analyst, note : str
         Who decided and why (both required, not blank).
     until : date, optional
-        Required for ``snoozed`` and only allowed for it: the flag stays quiet until
-        this day; it must be after the day of the decision.
+        Required for ``snoozed`` and only allowed for it: the flag stays quiet through
+        this day and reopens the day after; it must be after the day of the decision.
     now : datetime
         When the decision is made (local wall-clock time, naive).
 
@@ -856,7 +960,7 @@ def record_review(
     if decision == "snoozed":
         if until is None:
             raise AnalystError(
-                "a snoozed decision needs --until DATE (the day the flag may reopen)"
+                "a snoozed decision needs --until DATE (the flag stays quiet through that day)"
             )
         if until <= now.date():
             raise AnalystError(

@@ -26,11 +26,15 @@ ROWS_PER_TERMINAL_DAY = 49.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``trialguard bench simulate``."""
-    parser.add_argument("--rows", type=int, default=10_000_000, help="transactions to simulate (about)")
+    parser.add_argument(
+        "--rows", type=int, default=10_000_000, help="transactions to simulate (about)"
+    )
     parser.add_argument("--days", type=int, default=10, help="days the rows are spread over")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv", dest="fmt")
-    parser.add_argument("--out", default=None, help="keep the output here (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--out", default=None, help="keep the output here (default: a temporary folder, removed)"
+    )
 
 
 def run(args: argparse.Namespace, settings: object) -> int:
@@ -47,7 +51,12 @@ def run(args: argparse.Namespace, settings: object) -> int:
     try:
         with steps("bench simulate", total=args.days) as bar:
             report = write_trial(
-                out, terminals, args.days, date(2025, 9, 1), args.seed, fmt=args.fmt,
+                out,
+                terminals,
+                args.days,
+                date(2025, 9, 1),
+                args.seed,
+                fmt=args.fmt,
                 on_day=lambda day, n: bar.advance(f"{day}: {n:,} transactions"),
             )
         wall = time.perf_counter() - t0

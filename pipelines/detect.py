@@ -40,6 +40,7 @@ from features.schema import (
     AT_RISK_CARDS_COLUMNS,
     DETECTION_SCHEMA,
     FLAGS_COLUMNS,
+    MAX_EVIDENCE,
     REASON_STRUCT,
     TERMINAL_DAY_COLUMNS,
 )
@@ -268,7 +269,12 @@ def detect_partition(
 
 
 def _with_implausible(day: pl.DataFrame, implausible: pl.DataFrame | None) -> pl.DataFrame:
-    """Add ``n_implausible_time`` and the rows as malfunction evidence."""
+    """Add ``n_implausible_time``; the rows are evidence of malfunction and of unregistered use.
+
+    A transaction dated years outside the trial window is, by the contract's
+    letter, use outside the trial window (``unregistered_use``), and a clock
+    that far off is a ``malfunction``; both are reported.
+    """
     if implausible is None or implausible.height == 0:
         return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
     per = implausible.group_by("terminal_id", maintain_order=True).agg(
@@ -276,12 +282,19 @@ def _with_implausible(day: pl.DataFrame, implausible: pl.DataFrame | None) -> pl
         pl.col("txn_id").alias("_odd_ids"),
     )
     out = day.join(per, on="terminal_id", how="left")
+    odd = pl.col("_odd_ids").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    n = pl.col("n_implausible_time").fill_null(0)
     return out.with_columns(
-        pl.col("n_implausible_time").fill_null(0),
-        pl.concat_list(pl.col("_odd_ids").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-                       "ev_malfunction")
-        .list.head(50)
-        .alias("ev_malfunction"),
+        n.alias("n_implausible_time"),
+        (pl.col("n_unregistered") + n).alias("n_unregistered"),
+        pl.when(pl.col("unregistered_reason").is_null() & (n > 0))
+        .then(pl.lit("implausible_time"))
+        .otherwise(pl.col("unregistered_reason"))
+        .alias("unregistered_reason"),
+        pl.concat_list(odd, "ev_malfunction").list.head(MAX_EVIDENCE).alias("ev_malfunction"),
+        pl.concat_list("ev_unregistered_use", odd)
+        .list.head(MAX_EVIDENCE)
+        .alias("ev_unregistered_use"),
     ).drop("_odd_ids")
 
 

@@ -1035,6 +1035,7 @@ def ingest_paths(
             con = connect(settings.db_path)
         try:
             con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
+            con.execute("SET enable_progress_bar = false")
             run_id = _start_run(con, files)
             checker = None
             if gate:

@@ -34,7 +34,7 @@ from pipelines.analyst import (
     AnalystError,
     _loads,
     _rows,
-    case_file,
+    case_files,
     local_now,
     open_db,
     query_flags,
@@ -806,25 +806,8 @@ def render_report(
         )
     )
     case_ids = wanted[:MAX_CASES]
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _report_txns AS SELECT * FROM transactions WHERE false"
-    )
-    if case_ids:
-        con.execute("CREATE OR REPLACE TEMP TABLE _report_ids (terminal_id VARCHAR)")
-        con.executemany("INSERT INTO _report_ids VALUES (?)", [[t] for t in case_ids])
-        con.execute(
-            "INSERT INTO _report_txns SELECT t.* FROM transactions t "
-            "JOIN _report_ids USING (terminal_id) WHERE t.local_date <= ?",
-            [as_of],
-        )
-    cases = [
-        case_file(
-            con, tid, as_of=as_of, max_evidence=MAX_EVIDENCE_ROWS * 2, txn_table="_report_txns"
-        )
-        for tid in case_ids
-    ]
-    con.execute("DROP TABLE IF EXISTS _report_txns")
-    con.execute("DROP TABLE IF EXISTS _report_ids")
+    found = case_files(con, case_ids, as_of=as_of, max_evidence=MAX_EVIDENCE_ROWS * 2)
+    cases = [found[tid] for tid in case_ids if tid in found]
     case_set = set(case_ids)
     skipped = len(wanted) - len(case_ids)
     overview = (

@@ -18,7 +18,7 @@ import argparse
 from datetime import date
 from typing import Any
 
-__all__ = ["Trial", "WriteReport", "simulate_trial", "write_trial", "add_arguments", "main"]
+__all__ = ["Trial", "WriteReport", "add_arguments", "main", "simulate_trial", "write_trial"]
 _LAZY = {"Trial", "WriteReport", "simulate_trial", "write_trial", "policies_toml"}
 
 
@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--terminals", type=int, required=True, help="registered trial terminals")
     parser.add_argument("--days", type=int, required=True, help="local days of transactions")
     parser.add_argument(
-        "--start", type=date.fromisoformat, default=date(2025, 9, 1), help="first day (default 2025-09-01)"
+        "--start",
+        type=date.fromisoformat,
+        default=date(2025, 9, 1),
+        help="first day (default 2025-09-01)",
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed (same seed, same bytes)")
     parser.add_argument(
@@ -45,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv", dest="fmt")
     parser.add_argument(
-        "--min-per-behaviour", type=int, default=1, help="at least this many terminals per injected behaviour"
+        "--min-per-behaviour",
+        type=int,
+        default=1,
+        help="at least this many terminals per injected behaviour",
     )
 
 
@@ -67,6 +73,10 @@ def main(args: argparse.Namespace, settings: object) -> int:
         )
     print_summary(
         "simulate",
-        {**report.counts, "landing": str(report.landing), "truth": str(report.out_dir / "truth.csv")},
+        {
+            **report.counts,
+            "landing": str(report.landing),
+            "truth": str(report.out_dir / "truth.csv"),
+        },
     )
     return 0

@@ -15,12 +15,16 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from features.schema import ENTRY_MODES, EVENT_TYPES, FRAUD_TYPES, TRANSACTIONS, TXN_TYPES
+from features.schema import ENTRY_MODES, FRAUD_TYPES, TRANSACTIONS, TXN_TYPES
 from pipelines.simulate import fmt
 from pipelines.simulate import scenarios as sc
-from pipelines.simulate.cards import BIN_COUNTRY, BIN_TYPE, luhn_check_digit, random_cards, sequential_cards
+from pipelines.simulate.cards import (
+    BIN_COUNTRY,
+    BIN_TYPE,
+    sequential_cards,
+)
 from pipelines.simulate.reference import BINS, CATEGORIES, WEEKDAY
-from pipelines.simulate.world import DAY, EPOCH, World, offset_km
+from pipelines.simulate.world import DAY, World, offset_km
 
 ENTRY = tuple(ENTRY_MODES)  # index -> code
 E = {c: i for i, c in enumerate(ENTRY)}
@@ -90,7 +94,9 @@ def _pick(rng, rows: np.ndarray, share: float) -> np.ndarray:
 def _choice(rng, weights: dict[str, float], n: int, index: dict[str, int]) -> np.ndarray:
     codes = list(weights)
     p = np.array(list(weights.values()), dtype=np.float64)
-    return np.array([index[c] for c in codes], dtype=np.int8)[rng.choice(len(codes), size=n, p=p / p.sum())]
+    return np.array([index[c] for c in codes], dtype=np.int8)[
+        rng.choice(len(codes), size=n, p=p / p.sum())
+    ]
 
 
 @dataclass
@@ -156,6 +162,10 @@ class DayGenerator:
         self.is_hotel = np.isin(tm["mcc"], ["7011", "7512"])
         self.batch = np.ones(world.n_terms, dtype=np.int64)
         self.hour_w = np.diff(tm["hour_cdf"], axis=1, prepend=0.0)
+        # row i's CDF shifted by i, flattened: one searchsorted samples every row's hour
+        self.flat_cdf = (tm["hour_cdf"] + np.arange(world.n_terms)[:, None]).ravel()
+        self.log_median = np.log(tm["median_fen"])
+        self.km_lon = 1.0 / (111.0 * np.cos(np.radians(tm["lat"])))
         self.strings = {
             "tid": fmt.table(tm["tid"]),
             "mid": fmt.table(tm["mid"]),
@@ -181,7 +191,7 @@ class DayGenerator:
 
     def _amounts(self, rng, term: np.ndarray) -> np.ndarray:
         tm = self.w.term
-        amt = np.exp(np.log(tm["median_fen"][term]) + tm["sigma"][term] * rng.standard_normal(len(term)))
+        amt = np.exp(self.log_median[term] + tm["sigma"][term] * rng.standard_normal(len(term)))
         amt = np.maximum(amt, 100).astype(np.int64)
         whole = rng.random(len(term)) < 0.35
         amt[whole] = np.maximum(amt[whole] // 100 * 100, 100)
@@ -191,12 +201,18 @@ class DayGenerator:
         amt[hundred] = np.maximum(np.round(amt[hundred] / 10000) * 10000, 10000).astype(np.int64)
         cap = self.cap_txn[term]
         over = (amt > cap) & ~tm["sloppy"][term]
-        amt[over] = (cap[over] * rng.uniform(0.15, 0.85, size=int(over.sum()))).astype(np.int64) // 100 * 100
+        amt[over] = (
+            (cap[over] * rng.uniform(0.15, 0.85, size=int(over.sum()))).astype(np.int64)
+            // 100
+            * 100
+        )
         return amt
 
     def _entry(self, rng, term, chip, sloppy_ok) -> np.ndarray:
         n = len(term)
-        entry = np.where(chip, _choice(rng, sc.CHIP_ENTRY, n, E), _choice(rng, sc.MAG_ENTRY, n, E)).astype(np.int8)
+        entry = np.where(
+            chip, _choice(rng, sc.CHIP_ENTRY, n, E), _choice(rng, sc.MAG_ENTRY, n, E)
+        ).astype(np.int8)
         bad = ~self.ok_entry[term, entry] & ~sloppy_ok
         entry[bad & chip] = E["05"]
         entry[bad & ~chip] = E["03"]
@@ -224,7 +240,7 @@ class DayGenerator:
         term = np.repeat(np.arange(w.n_terms), counts)
         n = len(term)
         u = rng.random(n)
-        hour = (tm["hour_cdf"][term] < u[:, None]).sum(axis=1)
+        hour = self._hours(term, u)
         t = day0 + hour * 3600 + rng.integers(0, 3600, size=n)
         keep = (t >= tm["op_start"][term]) & (t < tm["op_end"][term])
         term, t = term[keep], t[keep]
@@ -232,7 +248,9 @@ class DayGenerator:
         sloppy = tm["sloppy"][term]
         card = self._customers(rng, term)
         # a customer whose card type the policy forbids pays with a debit card instead
-        bad = ~self.ok_card[term, BIN_TYPE_IDX[w.card_bin[card]]] & ~(sloppy & (rng.random(n) < 0.3))
+        bad = ~self.ok_card[term, BIN_TYPE_IDX[w.card_bin[card]]] & ~(
+            sloppy & (rng.random(n) < 0.3)
+        )
         card[bad] = w.card_debit_next[card[bad]]
         pan, bin_idx, chip = w.card_pan[card], w.card_bin[card], w.card_chip[card]
         amount = self._amounts(rng, term)
@@ -248,10 +266,23 @@ class DayGenerator:
         dec = rng.random(n) < sc.DECLINE_RATE
         resp[dec] = _choice(rng, sc.DECLINE_CODES, int(dec.sum()), R)
         pin = self._pin(rng, entry, bin_idx, amount)
-        return block(n, term=term, t=t, ttype=ttype, amount=amount, pan=pan, bin=bin_idx, chip=chip,
-                     entry=entry, pin=pin, resp=resp)
+        return block(
+            n,
+            term=term,
+            t=t,
+            ttype=ttype,
+            amount=amount,
+            pan=pan,
+            bin=bin_idx,
+            chip=chip,
+            entry=entry,
+            pin=pin,
+            resp=resp,
+        )
 
-    def _followups(self, rng, base: dict[str, np.ndarray], d: int, extra_reversal: np.ndarray) -> list:
+    def _followups(
+        self, rng, base: dict[str, np.ndarray], d: int, extra_reversal: np.ndarray
+    ) -> list:
         """Reversals, voids, refunds and preauth completions referring to ``base`` rows."""
         w = self.w
         day_end = w.day_start(d) + DAY
@@ -277,13 +308,18 @@ class DayGenerator:
             b["rep_delay"][:] = -1
             if kind in ("refund", "preauth_complete"):
                 # back at the counter on a later visit, during opening hours
-                later = self._times_open_many(rng, b["term"], d) + rng.integers(lo, hi, size=len(idx)) * DAY
+                later = (
+                    self._times_open_many(rng, b["term"], d)
+                    + rng.integers(lo, hi, size=len(idx)) * DAY
+                )
                 b["t"] = np.where(later > b["t"] + 600, later, later + DAY)
             else:
                 b["t"] = b["t"] + rng.integers(lo, hi, size=len(idx))
             if kind == "refund":
                 part = rng.random(len(idx)) < 0.3
-                b["amount"][part] = (b["amount"][part] * rng.uniform(0.2, 0.9, size=int(part.sum()))).astype(np.int64)
+                b["amount"][part] = (
+                    b["amount"][part] * rng.uniform(0.2, 0.9, size=int(part.sum()))
+                ).astype(np.int64)
                 b["entry"] = np.where(b["chip"], E["07"], E["03"]).astype(np.int8)
             if kind == "preauth_complete":
                 b["amount"] = (b["amount"] * rng.uniform(0.6, 1.0, size=len(idx))).astype(np.int64)
@@ -321,7 +357,9 @@ class DayGenerator:
             rows = np.flatnonzero((base["term"] == e.term) & base["chip"])
             hit = _pick(rng, rows, e.params["share"])
             manual = rng.random(len(hit)) < e.params["manual"]
-            mag = np.array([E["80"], E["90"], E["02"]], dtype=np.int8)[rng.integers(0, 3, size=len(hit))]
+            mag = np.array([E["80"], E["90"], E["02"]], dtype=np.int8)[
+                rng.integers(0, 3, size=len(hit))
+            ]
             base["entry"][hit] = np.where(manual, E["01"], mag)
             base["resp"][hit] = 0
         for e in by_beh.get("mcc_mismatch", []):
@@ -329,7 +367,6 @@ class DayGenerator:
             base["mcc"][_pick(rng, rows, e.params["share"])] = int(e.extra["mcc"])
 
         blocks = [base, *self._followups(rng, base, d, extra_rev)]
-        n_base = len(base["t"])
         # rows carried from earlier days (refunds, completions, misuse of skimmed cards)
         pend = self.state.pending
         now = pend["t"] < day_end
@@ -342,8 +379,12 @@ class DayGenerator:
             host = swipe_ok[rng.integers(0, len(swipe_ok), size=len(misuse))]
             carried["term"][misuse] = base["term"][host]
             carried["t"][misuse] = base["t"][host] + rng.integers(1, 600, size=len(misuse))
-            carried = take(carried, self._open(carried["term"], carried["t"]) & (carried["t"] < day_end))
-        alive = (carried["t"] >= tm["op_start"][carried["term"]]) & (carried["t"] < tm["op_end"][carried["term"]])
+            carried = take(
+                carried, self._open(carried["term"], carried["t"]) & (carried["t"] < day_end)
+            )
+        alive = (carried["t"] >= tm["op_start"][carried["term"]]) & (
+            carried["t"] < tm["op_end"][carried["term"]]
+        )
         blocks.append(take(carried, alive))
 
         blocks.append(self._decline_bursts(rng, d))
@@ -399,9 +440,14 @@ class DayGenerator:
         events = self._events(rng, d, episodes)
         rep = _report_frame(report_frames)
         judge_rows = {
-            "term": rows["term"], "t": rows["t"], "ttype": rows["ttype"], "entry": rows["entry"],
-            "card_type": BIN_TYPE_IDX[rows["bin"]], "approved": rows["resp"] == 0,
-            "amount": rows["amount"], "pan": rows["pan"],
+            "term": rows["term"],
+            "t": rows["t"],
+            "ttype": rows["ttype"],
+            "entry": rows["entry"],
+            "card_type": BIN_TYPE_IDX[rows["bin"]],
+            "approved": rows["resp"] == 0,
+            "amount": rows["amount"],
+            "pan": rows["pan"],
         }
         return DayOutput(tx, events, rep, judge_rows)
 
@@ -416,7 +462,11 @@ class DayGenerator:
         start = np.r_[True, k[1:] != k[:-1]]
         grp_start = np.maximum.accumulate(np.where(start, np.arange(n), 0))
         pos = np.arange(n) - grp_start
-        counters = np.where(rows["dev"][o] == 1, self.state.stan_clone[rows["term"][o]], self.state.stan[rows["term"][o]])
+        counters = np.where(
+            rows["dev"][o] == 1,
+            self.state.stan_clone[rows["term"][o]],
+            self.state.stan[rows["term"][o]],
+        )
         s = (counters + pos + 1) % 1_000_000
         dup = rows["dup_stan"][o] & ~start
         s[dup] = s[np.flatnonzero(dup) - 1]
@@ -434,7 +484,9 @@ class DayGenerator:
         """A network hiccup: a few technical declines within minutes at a clean terminal."""
         w, tm = self.w, self.w.term
         day0 = w.day_start(d)
-        live = np.flatnonzero((tm["op_start"] < day0 + 12 * 3600) & (tm["op_end"] > day0 + 20 * 3600) & ~tm["ghost"])
+        live = np.flatnonzero(
+            (tm["op_start"] < day0 + 12 * 3600) & (tm["op_end"] > day0 + 20 * 3600) & ~tm["ghost"]
+        )
         hit = live[rng.random(len(live)) < sc.DECLINE_BURST_DAILY_PROB]
         k = rng.integers(3, 7, size=len(hit))
         term = np.repeat(hit, k)
@@ -442,9 +494,17 @@ class DayGenerator:
         t = t0 + rng.integers(0, 300, size=len(term))
         card = self._customers(rng, term)
         chip = w.card_chip[card]
-        return block(len(term), term=term, t=t, amount=self._amounts(rng, term), pan=w.card_pan[card],
-                     bin=w.card_bin[card], chip=chip, entry=np.where(chip, E["07"], E["03"]),
-                     resp=np.where(rng.random(len(term)) < 0.5, R["91"], R["96"]))
+        return block(
+            len(term),
+            term=term,
+            t=t,
+            amount=self._amounts(rng, term),
+            pan=w.card_pan[card],
+            bin=w.card_bin[card],
+            chip=chip,
+            entry=np.where(chip, E["07"], E["03"]),
+            resp=np.where(rng.random(len(term)) < 0.5, R["91"], R["96"]),
+        )
 
     def _background_fraud(self, rng, d) -> dict[str, np.ndarray]:
         """Fraud on random cards elsewhere: no terminal of ours is their common point."""
@@ -458,21 +518,26 @@ class DayGenerator:
     @staticmethod
     def _delay(rng, n):
         lo, hi = sc.REPORT_DELAY_DAYS
-        return (rng.gamma(2.0, (hi - lo) / 5, size=n).clip(0, hi - lo) + lo) * DAY + rng.integers(0, DAY, size=n)
+        return (rng.gamma(2.0, (hi - lo) / 5, size=n).clip(0, hi - lo) + lo) * DAY + rng.integers(
+            0, DAY, size=n
+        )
 
     # -- injected behaviours ---------------------------------------------------------
+    def _hours(self, term: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Hour of day per row drawn from its terminal's trading profile (``u`` uniform)."""
+        return np.searchsorted(self.flat_cdf, term + u) - term * 24
+
     def _open(self, term: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Whether each time falls in the terminal's opening hours."""
         return self.hour_w[term, (t // 3600) % 24] > 0
 
     def _times_open_many(self, rng, term: np.ndarray, d: int) -> np.ndarray:
         """One time per row on day ``d`` within each row's terminal's trading hours."""
-        hour = (self.w.term["hour_cdf"][term] < rng.random(len(term))[:, None]).sum(axis=1)
+        hour = self._hours(term, rng.random(len(term)))
         return self.w.day_start(d) + hour * 3600 + rng.integers(0, 3600, size=len(term))
 
     def _times_open(self, rng, term, d, n):
-        tm = self.w.term
-        hour = (tm["hour_cdf"][np.full(n, term)] < rng.random(n)[:, None]).sum(axis=1)
+        hour = self._hours(np.full(n, term), rng.random(n))
         return self.w.day_start(d) + hour * 3600 + rng.integers(0, 3600, size=n)
 
     def _clone_rows(self, rng, e, base):
@@ -488,8 +553,18 @@ class DayGenerator:
         term = np.full(n, e.term)
         amount = self._amounts(rng, term)
         entry = np.where(chip, _choice(rng, sc.CHIP_ENTRY, n, E), E["03"]).astype(np.int8)
-        return block(n, term=term, dev=1, t=t, amount=amount, pan=w.card_pan[card], bin=w.card_bin[card],
-                     chip=chip, entry=entry, pin=self._pin(rng, entry, w.card_bin[card], amount))
+        return block(
+            n,
+            term=term,
+            dev=1,
+            t=t,
+            amount=amount,
+            pan=w.card_pan[card],
+            bin=w.card_bin[card],
+            chip=chip,
+            entry=entry,
+            pin=self._pin(rng, entry, w.card_bin[card], amount),
+        )
 
     def _cash_out_rows(self, rng, e, d):
         p = e.params
@@ -503,10 +578,16 @@ class DayGenerator:
         amount = np.where(
             kind < p["near_cap"],
             (cap * rng.uniform(0.97, 0.999, size=n)).astype(np.int64) // 100 * 100,
-            np.minimum((rng.choice([2000, 3000, 5000, 8888, 9999, 10000], size=n) * 100), cap).astype(np.int64),
+            np.minimum(
+                (rng.choice([2000, 3000, 5000, 8888, 9999, 10000], size=n) * 100), cap
+            ).astype(np.int64),
         )
         night = rng.random(n) < p["night"]
-        t = np.where(night, self.w.day_start(d) + rng.integers(0, 5 * 3600, size=n), self._times_open(rng, e.term, d, n))
+        t = np.where(
+            night,
+            self.w.day_start(d) + rng.integers(0, 5 * 3600, size=n),
+            self._times_open(rng, e.term, d, n),
+        )
         # split sales: the same card again within minutes, the parts summing to a round figure
         split = rng.random(n) < p["split"]
         parts = []
@@ -517,11 +598,29 @@ class DayGenerator:
             share = np.diff(np.r_[0, cuts, 1])
             amt = (share * total).astype(np.int64) // 100 * 100
             amt[-1] = total - amt[:-1].sum()
-            parts.append(block(m, term=e.term, t=t[j] + np.cumsum(rng.integers(30, 240, size=m)), amount=np.minimum(amt, cap),
-                               pan=pans[k[j]], bin=bins[k[j]], entry=E["05"], pin=True))
+            parts.append(
+                block(
+                    m,
+                    term=e.term,
+                    t=t[j] + np.cumsum(rng.integers(30, 240, size=m)),
+                    amount=np.minimum(amt, cap),
+                    pan=pans[k[j]],
+                    bin=bins[k[j]],
+                    entry=E["05"],
+                    pin=True,
+                )
+            )
         keep = ~split
-        main = block(int(keep.sum()), term=e.term, t=t[keep], amount=amount[keep], pan=pans[k[keep]],
-                     bin=bins[k[keep]], entry=E["05"], pin=True)
+        main = block(
+            int(keep.sum()),
+            term=e.term,
+            t=t[keep],
+            amount=amount[keep],
+            pan=pans[k[keep]],
+            bin=bins[k[keep]],
+            entry=E["05"],
+            pin=True,
+        )
         out = concat([main, *parts])
         ok = (out["t"] >= tm["op_start"][e.term]) & (out["t"] < tm["op_end"][e.term])
         return take(out, ok)
@@ -533,12 +632,31 @@ class DayGenerator:
             n = max(3, rng.poisson(p["attempts"]))
             pans, bins = sequential_cards(rng, n)
             night = rng.random() < 0.6
-            t0 = self.w.day_start(d) + (int(rng.integers(0, 5 * 3600)) if night else int(self._times_open(rng, e.term, d, 1)[0]))
+            t0 = self.w.day_start(d) + (
+                int(rng.integers(0, 5 * 3600))
+                if night
+                else int(self._times_open(rng, e.term, d, 1)[0])
+            )
             t = t0 + np.sort(rng.integers(0, int(p["minutes"] * 60), size=n))
-            resp = np.where(rng.random(n) < p["decline"], _choice(rng, sc.CARD_TESTING_CODES, n, R), 0)
-            entry = np.array([E["01"], E["90"], E["02"]], dtype=np.int8)[rng.choice(3, size=n, p=[0.4, 0.4, 0.2])]
-            out.append(block(n, term=e.term, t=t, amount=rng.integers(100, 2000, size=n), pan=pans, bin=bins,
-                             chip=False, entry=entry, resp=resp))
+            resp = np.where(
+                rng.random(n) < p["decline"], _choice(rng, sc.CARD_TESTING_CODES, n, R), 0
+            )
+            entry = np.array([E["01"], E["90"], E["02"]], dtype=np.int8)[
+                rng.choice(3, size=n, p=[0.4, 0.4, 0.2])
+            ]
+            out.append(
+                block(
+                    n,
+                    term=e.term,
+                    t=t,
+                    amount=rng.integers(100, 2000, size=n),
+                    pan=pans,
+                    bin=bins,
+                    chip=False,
+                    entry=entry,
+                    resp=resp,
+                )
+            )
         b = concat(out)
         tm = self.w.term
         return take(b, (b["t"] >= tm["op_start"][e.term]) & (b["t"] < tm["op_end"][e.term]))
@@ -553,14 +671,29 @@ class DayGenerator:
         card = rng.integers(0, len(w.card_pan), size=n)
         term = np.full(n, e.term)
         counterfeit = rng.random(n) < 0.5
-        entry = np.where(counterfeit, np.where(rng.random(n) < 0.7, E["90"], E["02"]), E["07"]).astype(np.int8)
+        entry = np.where(
+            counterfeit, np.where(rng.random(n) < 0.7, E["90"], E["02"]), E["07"]
+        ).astype(np.int8)
         amount = (self._amounts(rng, term) * rng.uniform(1.0, 1.8, size=n)).astype(np.int64)
         amount = np.where(entry == E["07"], np.minimum(amount, 99_900), amount)
-        amount = np.minimum(amount, np.where(np.isfinite(self.cap_txn[e.term]), self.cap_txn[e.term], 5e6)).astype(np.int64)
+        amount = np.minimum(
+            amount, np.where(np.isfinite(self.cap_txn[e.term]), self.cap_txn[e.term], 5e6)
+        ).astype(np.int64)
         t = self._times_open(rng, e.term, d, n)
-        return block(n, term=term, t=t, amount=amount, pan=w.card_pan[card], bin=w.card_bin[card],
-                     chip=w.card_chip[card], entry=entry, pin=False, rep_delay=self._delay(rng, n).astype(np.int64),
-                     rep_type=np.where(counterfeit, 0, 1), rep_txn=rng.random(n) < e.params["with_txn"])
+        return block(
+            n,
+            term=term,
+            t=t,
+            amount=amount,
+            pan=w.card_pan[card],
+            bin=w.card_bin[card],
+            chip=w.card_chip[card],
+            entry=entry,
+            pin=False,
+            rep_delay=self._delay(rng, n).astype(np.int64),
+            rep_type=np.where(counterfeit, 0, 1),
+            rep_txn=rng.random(n) < e.params["with_txn"],
+        )
 
     def _skim(self, rng, e, base, d) -> dict[str, np.ndarray]:
         """Cards read at a skimming terminal are misused days to weeks later elsewhere."""
@@ -579,12 +712,32 @@ class DayGenerator:
             registered = np.flatnonzero(~tm["ghost"])
             other = registered[rng.integers(0, len(registered), size=m)]
             other = np.where(other == e.term, registered[0], other)
-            self.state.pending = concat([self.state.pending, block(
-                m, term=other, t=misuse[ours], amount=rng.integers(50_000, 400_000, size=m) // 100 * 100,
-                pan=pans[ours], bin=bins[ours], chip=True, entry=np.where(rng.random(m) < 0.8, E["90"], E["02"]),
-                rep_delay=self._delay(rng, m).astype(np.int64), rep_type=0, rep_txn=True)])
+            self.state.pending = concat(
+                [
+                    self.state.pending,
+                    block(
+                        m,
+                        term=other,
+                        t=misuse[ours],
+                        amount=rng.integers(50_000, 400_000, size=m) // 100 * 100,
+                        pan=pans[ours],
+                        bin=bins[ours],
+                        chip=True,
+                        entry=np.where(rng.random(m) < 0.8, E["90"], E["02"]),
+                        rep_delay=self._delay(rng, m).astype(np.int64),
+                        rep_type=0,
+                        rep_txn=True,
+                    ),
+                ]
+            )
         rest = ~ours
-        return _reports(pans[rest], misuse[rest], self._delay(rng, int(rest.sum())), np.zeros(int(rest.sum()), dtype=np.int64), None)
+        return _reports(
+            pans[rest],
+            misuse[rest],
+            self._delay(rng, int(rest.sum())),
+            np.zeros(int(rest.sum()), dtype=np.int64),
+            None,
+        )
 
     # -- report, location and frame assembly ------------------------------------------
     def _row_reports(self, rows, num) -> dict[str, np.ndarray]:
@@ -592,7 +745,9 @@ class DayGenerator:
         if not len(r):
             return _empty_reports()
         ids = np.where(rows["rep_txn"][r], num[r], -1)
-        return _reports(rows["pan"][r], rows["t"][r], rows["rep_delay"][r], rows["rep_type"][r], ids)
+        return _reports(
+            rows["pan"][r], rows["t"][r], rows["rep_delay"][r], rows["rep_type"][r], ids
+        )
 
     def _locations(self, rng, rows, d, episodes):
         """GPS, cell and IP per row: home with noise, mobile wandering, episode places.
@@ -605,12 +760,19 @@ class DayGenerator:
         term = rows["term"]
         n = len(term)
         mobile = tm["kind"][term] == "mobile_pos"
-        spread_km = np.where(mobile, 0.7 * sc.MOBILE_RANGE_M / 1000 * np.sqrt(rng.random(n)), sc.GPS_NOISE_M / 1000)
-        lat, lon = offset_km(tm["lat"][term], tm["lon"][term], rng.standard_normal(n) * spread_km,
-                             rng.standard_normal(n) * spread_km)
-        ci = tm["ci"][term] + np.where(mobile, rng.integers(0, 40, size=n), rng.integers(0, 2, size=n))
+        spread_km = np.where(
+            mobile, 0.7 * sc.MOBILE_RANGE_M / 1000 * np.sqrt(rng.random(n)), sc.GPS_NOISE_M / 1000
+        )
+        lat = tm["lat"][term] + rng.standard_normal(n) * spread_km / 111.0
+        lon = tm["lon"][term] + rng.standard_normal(n) * spread_km * self.km_lon[term]
+        ci = tm["ci"][term] + np.where(
+            mobile, rng.integers(0, 40, size=n), rng.integers(0, 2, size=n)
+        )
         place = term.copy()
-        ip_tab = [tm["ip"] + np.where(tm["kind"] == "fixed_pos", 0, (d * 7919 + np.arange(w.n_terms)) % 4096)]
+        ip_tab = [
+            tm["ip"]
+            + np.where(tm["kind"] == "fixed_pos", 0, (d * 7919 + np.arange(w.n_terms)) % 4096)
+        ]
         lac_tab = [tm["lac"]]
         mnc_tab = [tm["mnc"]]
         k_place = w.n_terms
@@ -626,8 +788,12 @@ class DayGenerator:
                     noon = w.day_start(d) + 14 * 3600
                     sel &= rows["t"] >= noon  # home in the morning, far away after lunch
             k = int(sel.sum())
-            elat, elon = offset_km(np.full(k, e.extra["lat"]), np.full(k, e.extra["lon"]),
-                                   rng.standard_normal(k) * sc.GPS_NOISE_M / 1000, rng.standard_normal(k) * sc.GPS_NOISE_M / 1000)
+            elat, elon = offset_km(
+                np.full(k, e.extra["lat"]),
+                np.full(k, e.extra["lon"]),
+                rng.standard_normal(k) * sc.GPS_NOISE_M / 1000,
+                rng.standard_normal(k) * sc.GPS_NOISE_M / 1000,
+            )
             lat[sel], lon[sel] = elat, elon
             ci[sel] = e.extra["ci"] + rng.integers(0, 2, size=k)
             place[sel] = k_place
@@ -638,7 +804,11 @@ class DayGenerator:
         no_gps = ~tm["has_gps"][term]
         lat[no_gps] = np.nan
         lon[no_gps] = np.nan
-        places = {"ip": np.concatenate(ip_tab), "lac": np.concatenate(lac_tab), "mnc": np.concatenate(mnc_tab)}
+        places = {
+            "ip": np.concatenate(ip_tab),
+            "lac": np.concatenate(lac_tab),
+            "mnc": np.concatenate(mnc_tab),
+        }
         return np.round(lat, 6), np.round(lon, 6), place, ci, places
 
     def _frame(self, rows, num, stan, lat, lon, place, ci, places) -> pl.DataFrame:
@@ -647,7 +817,9 @@ class DayGenerator:
         term = rows["term"]
         n_terms = self.w.n_terms
         mcc = np.where(rows["mcc"] >= 0, rows["mcc"], self.mcc_int[term]).astype(np.int64)
-        serial_idx = np.where(tm["reports_serial"][term], term + n_terms * rows["dev"].astype(np.int64), 2 * n_terms)
+        serial_idx = np.where(
+            tm["reports_serial"][term], term + n_terms * rows["dev"].astype(np.int64), 2 * n_terms
+        )
         t_us = rows["t"] * 1_000_000
         when = t_us.astype("datetime64[us]")
         year = when.astype("datetime64[Y]").astype(np.int64) + 1970
@@ -666,7 +838,9 @@ class DayGenerator:
                 "currency": fmt.gather(s["currency"], np.zeros(len(term), dtype=np.int64)),
                 "pan": pl.Series(rows["pan"]).cast(pl.String),
                 "card_bin": fmt.gather(s["bin"], rows["bin"]),
-                "card_last4": fmt.gather(fmt.zero_padded(4), (rows["pan"] % np.uint64(10_000)).astype(np.int64)),
+                "card_last4": fmt.gather(
+                    fmt.zero_padded(4), (rows["pan"] % np.uint64(10_000)).astype(np.int64)
+                ),
                 "card_type": fmt.gather(s["card_type"], rows["bin"]),
                 "card_country": fmt.gather(s["country"], rows["bin"]),
                 "entry_mode": fmt.gather(s["entry"], rows["entry"]),
@@ -713,7 +887,9 @@ def _reports(pans, t, delay, ftype, txn_num) -> dict[str, np.ndarray]:
         "t": np.asarray(t, dtype=np.int64),
         "delay": np.asarray(delay, dtype=np.int64),
         "ftype": np.asarray(ftype, dtype=np.int64),
-        "num": np.full(n, -1, dtype=np.int64) if txn_num is None else np.asarray(txn_num, dtype=np.int64),
+        "num": np.full(n, -1, dtype=np.int64)
+        if txn_num is None
+        else np.asarray(txn_num, dtype=np.int64),
     }
 
 

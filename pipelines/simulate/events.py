@@ -18,7 +18,13 @@ from pipelines.simulate.cards import luhn_check_digit
 from pipelines.simulate.world import DAY, offset_km
 
 EV = {t: i for i, t in enumerate(EVENT_TYPES)}
-RARE = {"key_download": 0.01, "firmware_update": 0.004, "reboot": 0.01, "sim_change": 0.003, "tamper": 0.0003}
+RARE = {
+    "key_download": 0.01,
+    "firmware_update": 0.004,
+    "reboot": 0.01,
+    "sim_change": 0.003,
+    "tamper": 0.0003,
+}
 VERSIONS = ("3.2.1", "3.2.4", "4.0.0", "4.1.2", "4.1.3")
 
 
@@ -91,11 +97,19 @@ def day_events(gen, rng: np.random.Generator, d: int, episodes) -> pl.DataFrame:
     n = len(term)
 
     # where the device is: home (with noise), or an episode's place
-    lat, lon = offset_km(tm["lat"][term], tm["lon"][term], rng.standard_normal(n) * sc.GPS_NOISE_M / 1000,
-                         rng.standard_normal(n) * sc.GPS_NOISE_M / 1000)
+    lat, lon = offset_km(
+        tm["lat"][term],
+        tm["lon"][term],
+        rng.standard_normal(n) * sc.GPS_NOISE_M / 1000,
+        rng.standard_normal(n) * sc.GPS_NOISE_M / 1000,
+    )
     mobile = tm["kind"][term] == "mobile_pos"
-    mlat, mlon = offset_km(lat, lon, rng.standard_normal(n) * sc.MOBILE_RANGE_M / 2000,
-                           rng.standard_normal(n) * sc.MOBILE_RANGE_M / 2000)
+    mlat, mlon = offset_km(
+        lat,
+        lon,
+        rng.standard_normal(n) * sc.MOBILE_RANGE_M / 2000,
+        rng.standard_normal(n) * sc.MOBILE_RANGE_M / 2000,
+    )
     lat, lon = np.where(mobile, mlat, lat), np.where(mobile, mlon, lon)
     lac = tm["lac"][term].copy()
     ci = tm["ci"][term].copy()
@@ -108,10 +122,16 @@ def day_events(gen, rng: np.random.Generator, d: int, episodes) -> pl.DataFrame:
         else:
             continue
         k = int(sel.sum())
-        lat[sel], lon[sel] = offset_km(np.full(k, e.extra["lat"]), np.full(k, e.extra["lon"]),
-                                       rng.standard_normal(k) * 0.02, rng.standard_normal(k) * 0.02)
+        lat[sel], lon[sel] = offset_km(
+            np.full(k, e.extra["lat"]),
+            np.full(k, e.extra["lon"]),
+            rng.standard_normal(k) * 0.02,
+            rng.standard_normal(k) * 0.02,
+        )
         lac[sel], ci[sel], ip[sel] = e.extra["lac"], e.extra["ci"], e.extra["ip"]
-    with_pos = (etype == EV["location"]) | ((etype == EV["sign_on"]) & (tm["kind"][term] != "fixed_pos"))
+    with_pos = (etype == EV["location"]) | (
+        (etype == EV["sign_on"]) & (tm["kind"][term] != "fixed_pos")
+    )
     with_pos &= tm["has_gps"][term]
     lat = np.where(with_pos, np.round(lat, 6), np.nan)
     lon = np.where(with_pos, np.round(lon, 6), np.nan)
@@ -128,18 +148,31 @@ def day_events(gen, rng: np.random.Generator, d: int, episodes) -> pl.DataFrame:
     cell = fmt.MNC_CODES[tm["mnc"][term]] * 10**12 + lac * 10**6 + ci
     df = pl.DataFrame(
         {
-            "tid": fmt.gather(gen.strings["tid"], term), "t": t * 1_000_000, "etype": etype,
-            "serial": fmt.gather(gen.strings["serial"], term + w.n_terms * dev.astype(np.int64)), "lat": lat, "lon": lon,
-            "cell": fmt.by_code(cell, fmt.cell_strings), "ip": fmt.by_code(ip, fmt.ip_strings),
+            "tid": fmt.gather(gen.strings["tid"], term),
+            "t": t * 1_000_000,
+            "etype": etype,
+            "serial": fmt.gather(gen.strings["serial"], term + w.n_terms * dev.astype(np.int64)),
+            "lat": lat,
+            "lon": lon,
+            "cell": fmt.by_code(cell, fmt.cell_strings),
+            "ip": fmt.by_code(ip, fmt.ip_strings),
             "app": pl.Series(tm["app_version"][term].astype(str)),
-            "batch": gen.batch[term], "order_no": order_no, "with_order": with_order, "is_pan": is_pan,
-            "pan": pan, "grouped": grouped, "dash": dash, "old_v": old_v.astype(str),
+            "batch": gen.batch[term],
+            "order_no": order_no,
+            "with_order": with_order,
+            "is_pan": is_pan,
+            "pan": pan,
+            "grouped": grouped,
+            "dash": dash,
+            "old_v": old_v.astype(str),
         },
         nan_to_null=True,
     )
     p = pl.col("pan").cast(pl.String)
     sep = pl.when(pl.col("dash")).then(pl.lit("-")).otherwise(pl.lit(" "))
-    grouped_pan = pl.concat_str([p.str.slice(0, 4), sep, p.str.slice(4, 4), sep, p.str.slice(8, 4), sep, p.str.slice(12)])
+    grouped_pan = pl.concat_str(
+        [p.str.slice(0, 4), sep, p.str.slice(4, 4), sep, p.str.slice(8, 4), sep, p.str.slice(12)]
+    )
     et = pl.col("etype")
     detail = (
         pl.when(pl.col("is_pan"))

@@ -22,10 +22,17 @@ def decimal(width: int) -> pl.Series:
 
 def cell_prefixes(mnc_idx: np.ndarray, lac: np.ndarray) -> pl.Series:
     """``460-MNC-LAC-`` per place (the cell id follows)."""
-    df = pl.DataFrame({"mnc": MNC_CODES[np.asarray(mnc_idx)], "lac": np.asarray(lac, dtype=np.int64)})
+    df = pl.DataFrame(
+        {"mnc": MNC_CODES[np.asarray(mnc_idx)], "lac": np.asarray(lac, dtype=np.int64)}
+    )
     return df.select(
         pl.concat_str(
-            [pl.lit("460"), pl.col("mnc").cast(pl.String).str.zfill(2), pl.col("lac").cast(pl.String), pl.lit("")],
+            [
+                pl.lit("460"),
+                pl.col("mnc").cast(pl.String).str.zfill(2),
+                pl.col("lac").cast(pl.String),
+                pl.lit(""),
+            ],
             separator="-",
         )
     ).to_series()
@@ -63,9 +70,7 @@ def ip_strings(ip: np.ndarray) -> pl.Series:
 def cell_strings(code: np.ndarray) -> pl.Series:
     """``460-MNC-LAC-CI`` of packed codes ``mnc * 10**12 + lac * 10**6 + ci``."""
     code = np.asarray(code, dtype=np.int64)
-    df = pl.DataFrame(
-        {"mnc": code // 10**12, "lac": (code // 10**6) % 10**6, "ci": code % 10**6}
-    )
+    df = pl.DataFrame({"mnc": code // 10**12, "lac": (code // 10**6) % 10**6, "ci": code % 10**6})
     return df.select(
         pl.concat_str(
             [

@@ -51,7 +51,16 @@ BALANCE_INQUIRY_RATE = 0.002  # only where the policy allows it, or at sloppy te
 PREAUTH_SHARE_HOTEL = 0.25  # share of hotel/car-rental sales done as preauth + completion
 #: Normal declines (share of attempts) and their DE39 codes with weights.
 DECLINE_RATE = 0.025
-DECLINE_CODES = {"51": 0.45, "55": 0.2, "05": 0.12, "54": 0.08, "61": 0.07, "14": 0.03, "91": 0.03, "96": 0.02}
+DECLINE_CODES = {
+    "51": 0.45,
+    "55": 0.2,
+    "05": 0.12,
+    "54": 0.08,
+    "61": 0.07,
+    "14": 0.03,
+    "91": 0.03,
+    "96": 0.02,
+}
 #: Entry modes: chip cards (code -> weight), magstripe-only cards, rare legit fallback.
 CHIP_ENTRY = {"07": 0.48, "05": 0.36, "03": 0.14, "91": 0.02}
 MAG_ENTRY = {"02": 0.6, "90": 0.4}
@@ -83,7 +92,13 @@ POLICIES: dict[str, dict[str, object]] = {
         "max_same_card_per_day": 10,
         "allowed_card_types": _ALL_CARDS,
         "allowed_txn_types": [
-            "purchase", "refund", "void", "reversal", "preauth", "preauth_complete", "balance_inquiry",
+            "purchase",
+            "refund",
+            "void",
+            "reversal",
+            "preauth",
+            "preauth_complete",
+            "balance_inquiry",
         ],
         "allowed_entry_modes": ["02", "03", "05", "07", "90", "91"],
         "geofence_m": _GEOFENCE,
@@ -127,7 +142,14 @@ POLICIES: dict[str, dict[str, object]] = {
         "max_daily_txn_count": 500,
         "max_same_card_per_day": 8,
         "allowed_card_types": _ALL_CARDS,
-        "allowed_txn_types": ["purchase", "refund", "void", "reversal", "preauth", "preauth_complete"],
+        "allowed_txn_types": [
+            "purchase",
+            "refund",
+            "void",
+            "reversal",
+            "preauth",
+            "preauth_complete",
+        ],
         "allowed_entry_modes": ["02", "03", "05", "07", "90", "91"],
         "geofence_m": _GEOFENCE,
     },
@@ -192,9 +214,15 @@ INTENSITIES: dict[str, tuple[Intensity, ...]] = {
     # night: share at 00:00-05:00; near_cap: share just under the per-txn cap;
     # split: share made of split sales summing to a round figure
     "cash_out": (
-        Intensity("blatant", {"per_day": 14, "cards": 6, "night": 0.6, "near_cap": 0.4, "split": 0.3}),
-        Intensity("medium", {"per_day": 6, "cards": 4, "night": 0.3, "near_cap": 0.3, "split": 0.3}),
-        Intensity("subtle", {"per_day": 2, "cards": 3, "night": 0.1, "near_cap": 0.5, "split": 0.2}),
+        Intensity(
+            "blatant", {"per_day": 14, "cards": 6, "night": 0.6, "near_cap": 0.4, "split": 0.3}
+        ),
+        Intensity(
+            "medium", {"per_day": 6, "cards": 4, "night": 0.3, "near_cap": 0.3, "split": 0.3}
+        ),
+        Intensity(
+            "subtle", {"per_day": 2, "cards": 3, "night": 0.1, "near_cap": 0.5, "split": 0.2}
+        ),
     ),
     # attempts per burst, bursts per day, decline share, minutes the burst lasts
     "card_testing": (
@@ -230,9 +258,18 @@ INTENSITIES: dict[str, tuple[Intensity, ...]] = {
     ),
     # technical declines, extra reversals, clock-skewed rows, duplicate STANs, reboots
     "malfunction": (
-        Intensity("blatant", {"tech": 0.3, "reversal": 0.08, "skew": 0.05, "dup_stan": 0.05, "reboots": 12}),
-        Intensity("medium", {"tech": 0.12, "reversal": 0.04, "skew": 0.01, "dup_stan": 0.02, "reboots": 5}),
-        Intensity("subtle", {"tech": 0.06, "reversal": 0.02, "skew": 0.003, "dup_stan": 0.01, "reboots": 2}),
+        Intensity(
+            "blatant",
+            {"tech": 0.3, "reversal": 0.08, "skew": 0.05, "dup_stan": 0.05, "reboots": 12},
+        ),
+        Intensity(
+            "medium",
+            {"tech": 0.12, "reversal": 0.04, "skew": 0.01, "dup_stan": 0.02, "reboots": 5},
+        ),
+        Intensity(
+            "subtle",
+            {"tech": 0.06, "reversal": 0.02, "skew": 0.003, "dup_stan": 0.01, "reboots": 2},
+        ),
     ),
     # hours of use outside the registry window (before activation, after trial end,
     # after suspension/termination); unknown-id terminals transact for the episode
@@ -243,7 +280,12 @@ INTENSITIES: dict[str, tuple[Intensity, ...]] = {
     ),
 }
 #: Kinds of activation-window violation drawn for injected ``unregistered_use``.
-UNREGISTERED_KINDS = ("before_activation", "after_trial_end", "after_suspension", "after_termination")
+UNREGISTERED_KINDS = (
+    "before_activation",
+    "after_trial_end",
+    "after_suspension",
+    "after_termination",
+)
 #: Cheaper MCCs that MCC jumpers send instead of their registered one.
 MCC_JUMP_TARGETS = ("5411", "5331", "8211", "8398", "5499")
 #: Decline codes of card-testing attempts (weights).

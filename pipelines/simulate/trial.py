@@ -18,8 +18,8 @@ With ``fmt="parquet"`` the four tables are ``.parquet`` files instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -110,8 +110,14 @@ def _injected_truth(world: World) -> pl.DataFrame:
     ]
     return pl.DataFrame(
         rows,
-        schema={"terminal_id": pl.String, "behaviour": pl.String, "start": pl.Date, "end": pl.Date,
-                "intensity": pl.String, "source": pl.String},
+        schema={
+            "terminal_id": pl.String,
+            "behaviour": pl.String,
+            "start": pl.Date,
+            "end": pl.Date,
+            "intensity": pl.String,
+            "source": pl.String,
+        },
     )
 
 
@@ -208,7 +214,9 @@ class WriteReport:
     max_day_rows: int = 0
 
 
-def _write_table(df: pl.DataFrame, path: Path, fmt: str, *, offset: bool = False, encoding: str = "utf-8") -> None:
+def _write_table(
+    df: pl.DataFrame, path: Path, fmt: str, *, offset: bool = False, encoding: str = "utf-8"
+) -> None:
     if fmt == "parquet":
         df.write_parquet(path)
         return

@@ -27,7 +27,7 @@ planned window.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 
 import numpy as np
 import polars as pl
@@ -70,9 +70,16 @@ def policy_table(policies: dict[str, dict]) -> pl.DataFrame:
     return pl.DataFrame(
         rows,
         schema={
-            "policy": pl.String, "cap_txn": pl.Int64, "cap_amount": pl.Int64, "cap_count": pl.Int64,
-            "cap_card": pl.Int64, "ok_card": pl.List(pl.String), "ok_type": pl.List(pl.String),
-            "ok_entry": pl.List(pl.String), "bh_start": pl.Int64, "bh_end": pl.Int64,
+            "policy": pl.String,
+            "cap_txn": pl.Int64,
+            "cap_amount": pl.Int64,
+            "cap_count": pl.Int64,
+            "cap_card": pl.Int64,
+            "ok_card": pl.List(pl.String),
+            "ok_type": pl.List(pl.String),
+            "ok_entry": pl.List(pl.String),
+            "bh_start": pl.Int64,
+            "bh_end": pl.Int64,
         },
     )
 
@@ -85,7 +92,9 @@ class Judge:
     Rows are given as the generator's integer arrays (see ``DayOutput.rows``).
     """
 
-    def __init__(self, registry: pl.DataFrame, policies: dict[str, dict], terminal_ids: np.ndarray):
+    def __init__(
+        self, registry: pl.DataFrame, policies: dict[str, dict], terminal_ids: np.ndarray
+    ):
         self.tids = np.asarray(terminal_ids, dtype=object)
         index = {t: i for i, t in enumerate(self.tids)}
         n = len(self.tids)
@@ -106,15 +115,21 @@ class Judge:
             reopened=(stopped.cast(pl.Int8).diff() < 0).any(),
         )
         if per["reopened"].any():
-            raise AssertionError("a terminal is re-activated after a stop; the judge does not model it")
+            raise AssertionError(
+                "a terminal is re-activated after a stop; the judge does not model it"
+            )
         idx = np.array([index[t] for t in per["terminal_id"]], dtype=np.int64)
         self.registered[idx] = True
         act = per["activated_at"]
-        self.activated[idx] = np.where(act.is_null().to_numpy(), -1, act.dt.epoch("s").fill_null(0).to_numpy())
+        self.activated[idx] = np.where(
+            act.is_null().to_numpy(), -1, act.dt.epoch("s").fill_null(0).to_numpy()
+        )
         self.ts[idx] = per["trial_start"].cast(pl.Int64).to_numpy()
         self.te[idx] = per["trial_end"].cast(pl.Int64).to_numpy()
         stop = per["stop"]
-        self.stop[idx] = np.where(stop.is_null().to_numpy(), _BIG, stop.dt.epoch("s").fill_null(0).to_numpy())
+        self.stop[idx] = np.where(
+            stop.is_null().to_numpy(), _BIG, stop.dt.epoch("s").fill_null(0).to_numpy()
+        )
         pid = per["policy_id"].to_list()
         self.pol[idx] = [self.names.index(p) if p in policies else default for p in pid]
         tab = policy_table(policies)
@@ -152,7 +167,9 @@ class Judge:
         minute = (t % DAY) // 60
         s, e = self.bh_start[pol], self.bh_end[pol]
         in_hours = np.where(
-            (s < 0) | (s == e), True, np.where(s < e, (minute >= s) & (minute < e), (minute >= s) | (minute < e))
+            (s < 0) | (s == e),
+            True,
+            np.where(s < e, (minute >= s) & (minute < e), (minute >= s) | (minute < e)),
         )
         disal = ok & (
             ~self.ok_card[pol, rows["card_type"]]
@@ -164,12 +181,22 @@ class Judge:
         self._add(term[disal], dayrow[disal], 1)
         capped = ok & np.isin(rows["ttype"], self.cap_types)
         today = dayrow == (day - EPOCH).days
-        self._breaches(term[capped & today], dayrow[capped & today], rows["amount"][capped & today],
-                       rows["pan"][capped & today])
+        self._breaches(
+            term[capped & today],
+            dayrow[capped & today],
+            rows["amount"][capped & today],
+            rows["pan"][capped & today],
+        )
         off = capped & ~today
         if off.any():
-            self._off_day.append({"term": term[off], "day": dayrow[off], "amount": rows["amount"][off],
-                                  "pan": rows["pan"][off]})
+            self._off_day.append(
+                {
+                    "term": term[off],
+                    "day": dayrow[off],
+                    "amount": rows["amount"][off],
+                    "pan": rows["pan"][off],
+                }
+            )
 
     def _add(self, term: np.ndarray, day: np.ndarray, code: int) -> None:
         if len(term):
@@ -181,20 +208,17 @@ class Judge:
         pol = self.pol[term]
         self._add(term[amount > self.cap_txn[pol]], day[amount > self.cap_txn[pol]], 2)
         key = term.astype(np.int64) * 2**20 + day
-        o = np.lexsort((pan, key))
-        k, p, a = key[o], pan[o], amount[o]
-        new_key = np.r_[True, k[1:] != k[:-1]]
-        starts = np.flatnonzero(new_key)
-        total = np.add.reduceat(a, starts)
-        count = np.diff(np.r_[starts, len(k)])
-        kp = self.pol[k[starts] // 2**20]
-        over = (total > self.cap_amount[kp]) | (count > self.cap_count[kp])
-        new_card = new_key | np.r_[True, p[1:] != p[:-1]]
-        cstarts = np.flatnonzero(new_card)
-        ccount = np.diff(np.r_[cstarts, len(k)])
-        ck = k[cstarts]
-        card_over = ccount > self.cap_card[self.pol[ck // 2**20]]
-        hit = np.concatenate([k[starts][over], ck[card_over]])
+        df = pl.DataFrame({"k": key, "p": pan, "a": amount})
+        per_day = df.group_by("k").agg(total=pl.col("a").sum(), n=pl.len())
+        k = per_day["k"].to_numpy()
+        kp = self.pol[k // 2**20]
+        over = (per_day["total"].to_numpy() > self.cap_amount[kp]) | (
+            per_day["n"].to_numpy() > self.cap_count[kp]
+        )
+        per_card = df.group_by("k", "p").agg(n=pl.len()).group_by("k").agg(pl.col("n").max())
+        ck = per_card["k"].to_numpy()
+        card_over = per_card["n"].to_numpy() > self.cap_card[self.pol[ck // 2**20]]
+        hit = np.concatenate([k[over], ck[card_over]])
         self._add(hit // 2**20, hit % 2**20, 2)
 
     def finish(self) -> pl.DataFrame:
@@ -203,23 +227,23 @@ class Judge:
             off = {k: np.concatenate([b[k] for b in self._off_day]) for k in self._off_day[0]}
             self._breaches(off["term"], off["day"], off["amount"], off["pan"])
             self._off_day = []
-        keys = np.unique(np.concatenate(self._found)) if self._found else np.zeros(0, dtype=np.int64)
+        keys = (
+            np.unique(np.concatenate(self._found)) if self._found else np.zeros(0, dtype=np.int64)
+        )
         code = keys % 4
         td = keys // 4
         return pl.DataFrame(
             {
                 "terminal_id": pl.Series(self.tids[td // 2**20].tolist(), dtype=pl.String),
                 "day": pl.Series((td % 2**20).astype("datetime64[D]")).cast(pl.Date),
-                "behaviour": pl.Series(np.array(_CODES, dtype=object)[code].tolist(), dtype=pl.String),
+                "behaviour": pl.Series(
+                    np.array(_CODES, dtype=object)[code].tolist(), dtype=pl.String
+                ),
             }
         )
 
 
 _CODES = ("unregistered_use", "disallowed_use", "trial_limit_breach")
-
-
-def _secs(ts) -> int:
-    return int((ts - datetime(1970, 1, 1)).total_seconds())
 
 
 def _allowed(lists: pl.Series, codes: tuple[str, ...]) -> np.ndarray:
@@ -233,7 +257,14 @@ def _allowed(lists: pl.Series, codes: tuple[str, ...]) -> np.ndarray:
 def episodes(days: pl.DataFrame) -> pl.DataFrame:
     """Merge (terminal_id, behaviour, day) rows into episodes of consecutive days."""
     if days.is_empty():
-        return pl.DataFrame(schema={"terminal_id": pl.String, "behaviour": pl.String, "start": pl.Date, "end": pl.Date})
+        return pl.DataFrame(
+            schema={
+                "terminal_id": pl.String,
+                "behaviour": pl.String,
+                "start": pl.Date,
+                "end": pl.Date,
+            }
+        )
     return (
         days.unique()
         .sort("terminal_id", "behaviour", "day")

@@ -16,12 +16,12 @@ from features.schema import DEFAULT_POLICY_ID, TERMINAL_KINDS, TERMINALS
 from pipelines.simulate import scenarios as sc
 from pipelines.simulate.cards import BIN_TYPE, random_cards
 from pipelines.simulate.reference import (
+    BRANCH_WORDS,
     CATEGORIES,
     CHANNELS,
     CITIES,
     HOURS,
     NAME_WORDS,
-    BRANCH_WORDS,
     PROFILES,
     TERMINAL_MODELS,
 )
@@ -41,7 +41,9 @@ def seconds_to_datetime(s: int) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=int(s))
 
 
-def offset_km(lat: np.ndarray, lon: np.ndarray, north_km, east_km) -> tuple[np.ndarray, np.ndarray]:
+def offset_km(
+    lat: np.ndarray, lon: np.ndarray, north_km, east_km
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates moved by the given distances (small-distance approximation)."""
     lat2 = lat + np.asarray(north_km) / KM_PER_DEG_LAT
     lon2 = lon + np.asarray(east_km) / (KM_PER_DEG_LAT * np.cos(np.radians(lat)))
@@ -97,7 +99,9 @@ class World:
         return [e for e in self.episodes if e.first <= d <= e.last]
 
 
-def _policy_fits(policy: dict, rate: float, median_fen: float, sigma: float, hours: tuple[int, int], is24: bool) -> bool:
+def _policy_fits(
+    policy: dict, rate: float, median_fen: float, sigma: float, hours: tuple[int, int], is24: bool
+) -> bool:
     """Whether a merchant's typical trade fits a policy with the acquirer's headroom."""
     p995 = median_fen * np.exp(2.6 * sigma)
     mean = median_fen * np.exp(sigma**2 / 2)
@@ -131,7 +135,7 @@ def build_world(
     """Draw merchants, terminals, cards, the registry and the injected episodes."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     end = start + timedelta(days=days - 1)
-    n_ghost = max(1, int(round(n_terminals * sc.GHOST_TERMINALS_PER_1000 / 1000)))
+    n_ghost = max(1, round(n_terminals * sc.GHOST_TERMINALS_PER_1000 / 1000))
     n = n_terminals + n_ghost
 
     # --- merchants and terminals -------------------------------------------------
@@ -166,7 +170,9 @@ def build_world(
     r_km = 9.0 * np.sqrt(rng.random(n))
     ang = rng.random(n) * 2 * np.pi
     lat, lon = offset_km(city_lat, city_lon, r_km * np.cos(ang), r_km * np.sin(ang))
-    near_lat, near_lon = offset_km(lat[parent], lon[parent], rng.normal(0, 0.03, size=n), rng.normal(0, 0.03, size=n))
+    near_lat, near_lon = offset_km(
+        lat[parent], lon[parent], rng.normal(0, 0.03, size=n), rng.normal(0, 0.03, size=n)
+    )
     lat, lon = np.where(chain, near_lat, lat), np.where(chain, near_lon, lon)
     lat, lon = np.round(lat, 6), np.round(lon, 6)
     region = np.array(
@@ -181,8 +187,12 @@ def build_world(
         [f"898{CITIES[c].area_code}{m}{s:04d}" for c, m, s in zip(city, mcc, msn, strict=True)],
         dtype=object,
     )[parent]
-    serial = np.array([f"SN{v:010d}" for v in rng.choice(9 * 10**9, size=n, replace=False)], dtype=object)
-    clone_serial = np.array([f"SN{v:010d}" for v in rng.integers(0, 9 * 10**9, size=n)], dtype=object)
+    serial = np.array(
+        [f"SN{v:010d}" for v in rng.choice(9 * 10**9, size=n, replace=False)], dtype=object
+    )
+    clone_serial = np.array(
+        [f"SN{v:010d}" for v in rng.integers(0, 9 * 10**9, size=n)], dtype=object
+    )
     name = np.array(
         [
             CITIES[c].name
@@ -205,9 +215,15 @@ def build_world(
         if not is24[i]:
             opts = HOURS[profile[i]]
             open_h[i], close_h[i] = opts[int(rng.integers(len(opts)))]
-    rate = np.array([CATEGORIES[c].rate for c in cat]) * sc.VOLUME_SCALE * np.exp(rng.normal(0, 0.6, size=n))
+    rate = (
+        np.array([CATEGORIES[c].rate for c in cat])
+        * sc.VOLUME_SCALE
+        * np.exp(rng.normal(0, 0.6, size=n))
+    )
     rate = np.clip(rate, *sc.DAILY_TXN_RANGE)
-    median_fen = np.array([CATEGORIES[c].median_yuan * 100 for c in cat]) * np.exp(rng.normal(0, 0.25, size=n))
+    median_fen = np.array([CATEGORIES[c].median_yuan * 100 for c in cat]) * np.exp(
+        rng.normal(0, 0.25, size=n)
+    )
     sigma = np.array([CATEGORIES[c].sigma for c in cat])
     sloppy = rng.random(n) < sc.SLOPPY_SHARE
     policy = np.empty(n, dtype=object)
@@ -217,11 +233,14 @@ def build_world(
         if CATEGORIES[cat[i]].mcc == "7011":
             policy[i] = "hospitality"
             continue
-        if profile[i] == "night" and _policy_fits(sc.POLICIES["night_trade"], size, median_fen[i], sigma[i], hours, False):
+        if profile[i] == "night" and _policy_fits(
+            sc.POLICIES["night_trade"], size, median_fen[i], sigma[i], hours, False
+        ):
             policy[i] = "night_trade"
             continue
         fits = [
-            p for p in ("debit_only", "strict")
+            p
+            for p in ("debit_only", "strict")
             if _policy_fits(sc.POLICIES[p], size, median_fen[i], sigma[i], hours, bool(is24[i]))
         ]
         u = rng.random()
@@ -284,28 +303,64 @@ def build_world(
     win_start = bounds[city] + (rng.random(n) * (per_city[city] - width)).astype(np.int64)
 
     term: dict[str, np.ndarray] = {
-        "tid": tid, "mid": mid, "serial": serial, "clone_serial": clone_serial, "name": name,
-        "mcc": mcc, "cat": cat, "city": city, "region": region, "lat": lat, "lon": lon,
-        "kind": kind, "model": model, "reports_serial": reports_serial, "has_gps": has_gps,
-        "channel": channel, "policy": policy, "policy_id": policy_id, "open_h": open_h,
-        "close_h": close_h, "is24": is24, "hour_cdf": hour_cdf, "rate": rate,
-        "median_fen": median_fen, "sigma": sigma, "weekend": weekday_f, "sloppy": sloppy,
-        "op_start": op_start, "op_end": op_end, "ghost": ghost, "win_start": win_start,
-        "win_width": width, "activated": activated, "trial_start_day": trial_start_day,
-        "trial_end_day": trial_end_day, "stop_time": stop_time, "stop_status": stop_status,
+        "tid": tid,
+        "mid": mid,
+        "serial": serial,
+        "clone_serial": clone_serial,
+        "name": name,
+        "mcc": mcc,
+        "cat": cat,
+        "city": city,
+        "region": region,
+        "lat": lat,
+        "lon": lon,
+        "kind": kind,
+        "model": model,
+        "reports_serial": reports_serial,
+        "has_gps": has_gps,
+        "channel": channel,
+        "policy": policy,
+        "policy_id": policy_id,
+        "open_h": open_h,
+        "close_h": close_h,
+        "is24": is24,
+        "hour_cdf": hour_cdf,
+        "rate": rate,
+        "median_fen": median_fen,
+        "sigma": sigma,
+        "weekend": weekday_f,
+        "sloppy": sloppy,
+        "op_start": op_start,
+        "op_end": op_end,
+        "ghost": ghost,
+        "win_start": win_start,
+        "win_width": width,
+        "activated": activated,
+        "trial_start_day": trial_start_day,
+        "trial_end_day": trial_end_day,
+        "stop_time": stop_time,
+        "stop_status": stop_status,
         "ip": (np.array([CITIES[c].ip_prefix for c in city], dtype=np.int64) << 24)
         + rng.integers(1 << 16, 1 << 24, size=n),
         "lac": np.array([int(r[-2:]) for r in region], dtype=np.int64) * 1000
-        + city.astype(np.int64) * 100 + 20000 + rng.integers(0, 100, size=n),
+        + city.astype(np.int64) * 100
+        + 20000
+        + rng.integers(0, 100, size=n),
         "ci": rng.integers(1000, 65000, size=n),
         "mnc": rng.integers(0, 3, size=n),
-        "app_version": np.array(["3.2.1", "3.2.4", "4.0.0", "4.1.2"], dtype=object)[rng.integers(0, 4, size=n)],
+        "app_version": np.array(["3.2.1", "3.2.4", "4.0.0", "4.1.2"], dtype=object)[
+            rng.integers(0, 4, size=n)
+        ],
     }
 
     # --- clean terminals that stop mid-trial (suspended/terminated and silent) --
     registered = np.flatnonzero(~ghost)
-    running = registered[(op_start[registered] < sim1 - 5 * DAY) & (op_end[registered] > sim0 + 5 * DAY)]
-    stops = rng.choice(running, size=int(len(running) * 0.03), replace=False) if len(running) else []
+    running = registered[
+        (op_start[registered] < sim1 - 5 * DAY) & (op_end[registered] > sim0 + 5 * DAY)
+    ]
+    stops = (
+        rng.choice(running, size=int(len(running) * 0.03), replace=False) if len(running) else []
+    )
     for i in stops:
         lo, hi = max(op_start[i], sim0) + DAY, min(op_end[i], sim1) - DAY
         if hi > lo:
@@ -313,12 +368,22 @@ def build_world(
             stop_status[i] = "suspended" if rng.random() < 0.5 else "terminated"
             op_end[i] = stop_time[i]
 
-    episodes = _draw_episodes(rng, term, start, days, n_terminals, min_per_behaviour, injected_share)
+    episodes = _draw_episodes(
+        rng, term, start, days, n_terminals, min_per_behaviour, injected_share
+    )
     registry = _registry(rng, term, n_terminals, end)
     return World(
-        start=start, days=days, n_registered=n_terminals, term=term, policies=sc.POLICIES,
-        registry=registry, episodes=episodes, card_pan=card_pan, card_bin=card_bin,
-        card_chip=card_chip, card_debit_next=card_debit_next,
+        start=start,
+        days=days,
+        n_registered=n_terminals,
+        term=term,
+        policies=sc.POLICIES,
+        registry=registry,
+        episodes=episodes,
+        card_pan=card_pan,
+        card_bin=card_bin,
+        card_chip=card_chip,
+        card_debit_next=card_debit_next,
         city_card_range=np.stack([bounds[:-1], bounds[1:]], axis=1),
     )
 
@@ -331,10 +396,12 @@ def _active_days(term: dict, i: int, start: date, days: int) -> tuple[int, int]:
     return first, last
 
 
-def _draw_episodes(rng, term, start, days, n_registered, min_per_behaviour, share) -> list[Episode]:
+def _draw_episodes(
+    rng, term, start, days, n_registered, min_per_behaviour, share
+) -> list[Episode]:
     """Pick injected terminals, behaviours, intensities and windows."""
     behaviours = list(sc.INJECTED)
-    n_inj = max(int(round(n_registered * share)), len(behaviours) * min_per_behaviour)
+    n_inj = max(round(n_registered * share), len(behaviours) * min_per_behaviour)
     candidates = []
     for i in rng.permutation(n_registered):
         first, last = _active_days(term, int(i), start, days)
@@ -382,7 +449,17 @@ def _draw_episodes(rng, term, start, days, n_registered, min_per_behaviour, shar
     for g in ghosts:
         if g not in used:
             first = int(rng.integers(0, days))
-            episodes.append(Episode(int(g), "unregistered_use", 2, first, min(days - 1, first + 1), {"hours": 5}, {"kind": "unknown_id"}))
+            episodes.append(
+                Episode(
+                    int(g),
+                    "unregistered_use",
+                    2,
+                    first,
+                    min(days - 1, first + 1),
+                    {"hours": 5},
+                    {"kind": "unknown_id"},
+                )
+            )
             _ghost_window(term, int(g), s0, first, min(days - 1, first + 1))
     return episodes
 
@@ -433,19 +510,35 @@ def _plan_extra(rng, term, ep: Episode) -> None:
         else:
             ang = rng.random() * 2 * np.pi
             km = p["km"] * (0.8 + 0.4 * rng.random())
-            lat, lon = offset_km(np.array(term["lat"][i]), np.array(term["lon"][i]), km * np.cos(ang), km * np.sin(ang))
+            lat, lon = offset_km(
+                np.array(term["lat"][i]),
+                np.array(term["lon"][i]),
+                km * np.cos(ang),
+                km * np.sin(ang),
+            )
             ep.extra.update(city=int(term["city"][i]), lat=float(lat), lon=float(lon))
-        ep.extra["ip"] = (CITIES[ep.extra["city"]].ip_prefix << 24) + int(rng.integers(1 << 16, 1 << 24))
+        ep.extra["ip"] = (CITIES[ep.extra["city"]].ip_prefix << 24) + int(
+            rng.integers(1 << 16, 1 << 24)
+        )
         ep.extra["ci"] = int(rng.integers(1000, 65000))
-        ep.extra["lac"] = int(term["lac"][i]) + 1 + int(rng.integers(1, 50)) + 100 * (ep.extra["city"] - int(term["city"][i]))
+        ep.extra["lac"] = (
+            int(term["lac"][i])
+            + 1
+            + int(rng.integers(1, 50))
+            + 100 * (ep.extra["city"] - int(term["city"][i]))
+        )
     elif ep.behaviour == "mcc_mismatch":
         opts = [m for m in sc.MCC_JUMP_TARGETS if m != term["mcc"][i]]
         ep.extra["mcc"] = opts[int(rng.integers(len(opts)))]
     elif ep.behaviour == "cash_out":
         pans, bins, _ = random_cards(rng, int(p["cards"]) * 3)
         credit = BIN_TYPE[bins] == "credit"
-        ep.extra["pans"] = pans[credit][: int(p["cards"])] if credit.sum() else pans[: int(p["cards"])]
-        ep.extra["bins"] = bins[credit][: int(p["cards"])] if credit.sum() else bins[: int(p["cards"])]
+        ep.extra["pans"] = (
+            pans[credit][: int(p["cards"])] if credit.sum() else pans[: int(p["cards"])]
+        )
+        ep.extra["bins"] = (
+            bins[credit][: int(p["cards"])] if credit.sum() else bins[: int(p["cards"])]
+        )
 
 
 def _ts(s: int | None) -> datetime | None:
@@ -478,17 +571,23 @@ def _registry(rng, term, n_registered: int, end: date) -> pl.DataFrame:
             "status": "pending",
             "updated_at": None,
         }
-        pending_at = (ts_day - int(rng.integers(2, 12))) * DAY + int(rng.integers(9 * 3600, 18 * 3600))
+        pending_at = (ts_day - int(rng.integers(2, 12))) * DAY + int(
+            rng.integers(9 * 3600, 18 * 3600)
+        )
         first = dict(base, updated_at=_ts(pending_at))
         if rng.random() < 0.05:
-            first["policy_id"] = DEFAULT_POLICY_ID if base["policy_id"] != DEFAULT_POLICY_ID else "strict"
+            first["policy_id"] = (
+                DEFAULT_POLICY_ID if base["policy_id"] != DEFAULT_POLICY_ID else "strict"
+            )
         rows.append(first)
         act = int(term["activated"][i])
         if act > extract:
             continue
         active = dict(base, status="active", activated_at=_ts(act), updated_at=_ts(act))
         rows.append(active)
-        last_ok = min(extract, int(term["stop_time"][i]) - 60 if term["stop_time"][i] >= 0 else extract)
+        last_ok = min(
+            extract, int(term["stop_time"][i]) - 60 if term["stop_time"][i] >= 0 else extract
+        )
         old_end = (te_day + 1) * DAY
         t_ext = None
         if (
@@ -509,12 +608,20 @@ def _registry(rng, term, n_registered: int, end: date) -> pl.DataFrame:
             rows.append(fix)
             active = fix
         if t_ext is not None:
-            ext = dict(active, updated_at=_ts(t_ext), trial_end=base["trial_end"] + timedelta(days=30))
+            ext = dict(
+                active, updated_at=_ts(t_ext), trial_end=base["trial_end"] + timedelta(days=30)
+            )
             rows.append(ext)
             active = ext
             term["trial_end_day"][i] = te_day + 30
             term["op_end"][i] = old_end + 30 * DAY
         if term["stop_time"][i] >= 0 and term["stop_time"][i] <= extract:
-            rows.append(dict(active, status=term["stop_status"][i], updated_at=_ts(int(term["stop_time"][i]))))
+            rows.append(
+                dict(
+                    active,
+                    status=term["stop_status"][i],
+                    updated_at=_ts(int(term["stop_time"][i])),
+                )
+            )
     schema = {c.name: c.polars_type for c in TERMINALS.columns}
     return pl.DataFrame(rows, schema=schema).select(TERMINALS.names)

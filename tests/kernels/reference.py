@@ -81,11 +81,12 @@ def device_interleaving(group, t, device, window):
         known = [j for j in range(i) if group[j] == group[i] and device[j] != -1]
         if known and device[known[-1]] != device[i]:
             switch[i] = True
-        for j in known:  # an earlier sighting of the same device in (t_i - w, t_i) ...
-            if device[j] == device[i] and t[i] - window < t[j] < t[i]:
-                # ... followed, before row i, by another known device
-                if any(device[k] != device[i] for k in known if k > j):
-                    back[i] = True
+        for j in known:
+            # an earlier sighting of the same device in (t_i - w, t_i) followed, before
+            # row i, by another known device
+            seen = device[j] == device[i] and t[i] - window < t[j] < t[i]
+            if seen and any(device[k] != device[i] for k in known if k > j):
+                back[i] = True
     return switch, back
 
 

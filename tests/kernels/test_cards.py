@@ -33,7 +33,9 @@ def rows_with_cards(draw):
 def test_matches_reference(rows):
     group, t, bins, last4, window, gap = rows
     got = sequential_card_burst(group, t, bins, last4, window, gap)
-    np.testing.assert_array_equal(got, ref.sequential_card_burst(group, t, bins, last4, window, gap))
+    np.testing.assert_array_equal(
+        got, ref.sequential_card_burst(group, t, bins, last4, window, gap)
+    )
 
 
 def test_burst_counts_distinct_neighbours_of_the_same_bin():

@@ -244,3 +244,25 @@ def test_statistics_helpers():
     np.testing.assert_allclose(q, [0.04 * 4 / 3, 0.004, 0.5, 0.04])
     with pytest.raises(ValueError, match="unknown keys"):
         CompromiseParams.from_config({"card_compromise": {"min_card": 3}})
+
+
+def test_terminals_sharing_the_cpps_cards_are_explained_away():
+    # four of T0's compromised cards also shop at T1 (their owners' other usual terminal)
+    txns = background()
+    for j in range(4):
+        txns.append(
+            {
+                "txn_id": f"n{j}",
+                "terminal_id": tid(1),
+                "card_token": f"c0_{j}",
+                "card_bin": "622202",
+                "card_last4": f"{j:04d}",
+                "txn_time": datetime(2024, 3, 10, 18, j),
+            }
+        )
+    res, _, _ = run(txns, standard_reports())
+    assert res.detections.get_column("terminal_id").to_list() == [tid(0)]
+    t1 = res.stats.filter(pl.col("terminal_id") == tid(1)).row(0, named=True)
+    assert t1["k"] == 1 and not t1["flagged"]  # only its own c1_0 is left to explain
+    # judged alone, T1 would pass every threshold: 5 F-cards of 44 at a 1.5 % base rate
+    assert binomial_tail(np.array([5]), np.array([44]), 12 / 800)[0] < 0.05 * 2 / 20

@@ -38,7 +38,9 @@ def make_pans(n: int, seed: int = 0, length: int = 16, bin6: str = "622202") -> 
     return sorted(out)
 
 
-def transactions(n: int, pans: list[str], start: int = 0, terminal: str = "TERM0001") -> list[dict]:
+def transactions(
+    n: int, pans: list[str], start: int = 0, terminal: str = "TERM0001"
+) -> list[dict]:
     """``n`` valid transaction rows (text values) with txn ids T{start}..."""
     rows = []
     for i in range(start, start + n):

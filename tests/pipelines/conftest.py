@@ -27,7 +27,8 @@ def prefect_harness():
     """A temporary local Prefect API for the whole session (see the module docstring)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # 180 s is a ceiling for a loaded machine; the server starts in ~10 s when idle.
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

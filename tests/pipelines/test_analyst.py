@@ -76,10 +76,11 @@ def test_filters(db):
 
 def test_snoozed_flag_stays_quiet_until_its_date(db):
     con = connect(db, read_only=True)
-    before = analyst.query_flags(con, terminals=["T0000006"], as_of=date(2025, 3, 11))
+    # snoozed until 2025-03-12: quiet through that day, open again the day after
     on_day = analyst.query_flags(con, terminals=["T0000006"], as_of=date(2025, 3, 12))
-    assert before == []
-    assert ids(on_day) == ["F-SNZ-6"] and on_day[0]["status"] == "open"
+    after = analyst.query_flags(con, terminals=["T0000006"], as_of=date(2025, 3, 13))
+    assert on_day == []
+    assert ids(after) == ["F-SNZ-6"] and after[0]["status"] == "open"
     snoozed = analyst.query_flags(con, statuses=("snoozed",), as_of=date(2025, 3, 11))
     assert ids(snoozed) == ["F-SNZ-6"] and snoozed[0]["snooze_until"] == date(2025, 3, 12)
 
@@ -267,8 +268,8 @@ def test_snooze_needs_a_future_date(fresh_db, capsys):
         now=now,
     )
     assert row["previous_status"] == "open"
-    quiet = analyst.query_flags(con, terminals=["T0000001"], as_of=date(2025, 3, 19))
-    back = analyst.query_flags(con, terminals=["T0000001"], as_of=date(2025, 3, 20))
+    quiet = analyst.query_flags(con, terminals=["T0000001"], as_of=date(2025, 3, 20))
+    back = analyst.query_flags(con, terminals=["T0000001"], as_of=date(2025, 3, 21))
     assert ids(quiet) == [] and ids(back) == ["F-REL-1"]
     con.close()
 
@@ -331,3 +332,17 @@ def test_mask_card_shows_at_most_bin_and_last4():
     assert analyst.mask_card("62220212", "9876") == "62220212******9876"
     assert analyst.mask_card("6222021234567890", "123456") == "62220212******3456"
     assert analyst.mask_card(None, None) == "******"
+
+
+def test_case_file_of_an_unregistered_terminal_uses_the_default_policy(fresh_db):
+    con = connect(fresh_db)
+    con.execute(
+        "INSERT INTO transactions BY NAME SELECT * REPLACE ('T0000099' AS terminal_id, "
+        "'Z' || txn_id AS txn_id) FROM transactions WHERE terminal_id = 'T0000003'"
+    )
+    case = analyst.case_file(con, "T0000099", as_of=store.AS_OF)
+    assert case["current"] is None and case["registry"] == []
+    assert case["policy"]["policy_id"] == "default"
+    assert case["policy"]["applies_because"].startswith("not in the registry")
+    assert case["txn_count"] == 40 and case["distance_by_day"] == []
+    con.close()

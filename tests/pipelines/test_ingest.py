@@ -149,8 +149,9 @@ def test_card_token_rows_need_bin_and_last4(settings, tmp_path):
     assert rows_of(settings, "SELECT card_token, card_bin, card_last4 FROM transactions") == [
         ("upstream-token", "622202", "1234")
     ]
-    assert "card_token is given without card_bin and card_last4" in (
-        rows_of(settings, "SELECT reason FROM quarantine")[0][0]
+    assert (
+        "card_token is given without card_bin and card_last4"
+        in (rows_of(settings, "SELECT reason FROM quarantine")[0][0])
     )
 
 
@@ -240,13 +241,15 @@ def test_free_text_card_numbers_are_redacted_and_counted(settings, tmp_path):
 
 def test_unreadable_files_are_rejected_and_the_rest_loaded(settings, tmp_path):
     pans = inp.make_pans(2)
-    good = inp.write(inp.transactions(3, pans), tmp_path / "good.csv")
-    fake = inp.write(inp.transactions(3, pans, 10), tmp_path / "fake.parquet", "csv")
-    missing = inp.write(
+    inp.write(inp.transactions(3, pans), tmp_path / "good.csv")
+    inp.write(inp.transactions(3, pans, 10), tmp_path / "fake.parquet", "csv")
+    inp.write(
         [{k: v for k, v in r.items() if k != "txn_time"} for r in inp.transactions(2, pans, 20)],
         tmp_path / "missing.csv",
     )
-    data = gzip.compress(inp.write(inp.transactions(200, pans, 30), tmp_path / "x.csv").read_bytes())
+    data = gzip.compress(
+        inp.write(inp.transactions(200, pans, 30), tmp_path / "x.csv").read_bytes()
+    )
     (tmp_path / "x.csv").unlink()
     trunc = tmp_path / "trunc.csv.gz"
     trunc.write_bytes(data[: len(data) // 2])

@@ -159,3 +159,13 @@ def test_reuses_a_given_connection_and_explains_missing_docs(tmp_path):
     empty_day = report.write_report(settings, store.START, tmp_path / "r0.html", con=con)
     assert "No detection run recorded for 2025-03-01" in empty_day.read_text(encoding="utf-8")
     con.close()
+
+
+def test_opens_even_while_this_process_holds_a_writable_connection(tmp_path):
+    db = store.build_store(tmp_path / "t.duckdb")
+    writer = connect(db)  # as a flow that detected and now writes the report
+    try:
+        out = report.write_report(Settings(db_path=db), store.AS_OF, tmp_path / "r.html")
+        assert 'data-flag-id="F-TLB-4"' in out.read_text(encoding="utf-8")
+    finally:
+        writer.close()

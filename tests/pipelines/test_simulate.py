@@ -7,7 +7,7 @@ import hashlib
 import re
 import tomllib
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -84,7 +84,9 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path, written):
 
 def _check_kind(df: pl.DataFrame, kind: InputKind, name: str) -> None:
     """Every column and value of a CSV read as text satisfies the schema."""
-    assert set(df.columns) <= set(kind.names), f"{name}: unknown columns {set(df.columns) - set(kind.names)}"
+    assert set(df.columns) <= set(kind.names), (
+        f"{name}: unknown columns {set(df.columns) - set(kind.names)}"
+    )
     for col in kind.required:
         assert col in df.columns, f"{name}: required column {col} missing"
         assert df[col].null_count() == 0, f"{name}: required column {col} has empty values"
@@ -95,7 +97,9 @@ def _check_kind(df: pl.DataFrame, kind: InputKind, name: str) -> None:
         values = df[col].drop_nulls()
         if spec.pattern:
             bad = values.filter(~values.str.contains(f"^(?:{spec.pattern})$"))
-            assert bad.is_empty(), f"{name}.{col}: {bad.head(3).to_list()} do not match {spec.pattern}"
+            assert bad.is_empty(), (
+                f"{name}.{col}: {bad.head(3).to_list()} do not match {spec.pattern}"
+            )
         if spec.allowed:
             bad = values.filter(~values.is_in(list(spec.allowed)))
             assert bad.is_empty(), f"{name}.{col}: {bad.unique().to_list()} not in {spec.allowed}"
@@ -104,11 +108,15 @@ def _check_kind(df: pl.DataFrame, kind: InputKind, name: str) -> None:
         if spec.dtype == "float":
             assert values.cast(pl.Float64, strict=True).is_not_null().all()
         if spec.dtype in ("int", "float") and spec.min_value is not None:
-            assert (values.cast(pl.Float64) >= spec.min_value).all(), f"{name}.{col} below {spec.min_value}"
+            assert (values.cast(pl.Float64) >= spec.min_value).all(), (
+                f"{name}.{col} below {spec.min_value}"
+            )
         if spec.dtype == "bool":
             assert values.is_in(["true", "false"]).all(), f"{name}.{col} not true/false"
         if spec.dtype == "ts":
-            assert values.str.contains(f"^{TS.pattern}$").all(), f"{name}.{col} not an ISO timestamp"
+            assert values.str.contains(f"^{TS.pattern}$").all(), (
+                f"{name}.{col} not an ISO timestamp"
+            )
         if spec.dtype == "date":
             assert values.str.contains(f"^{DATE.pattern}$").all(), f"{name}.{col} not a date"
 
@@ -207,17 +215,27 @@ def test_injected_behaviours_leave_their_traces(trial):
         return set(truth.filter(pl.col("behaviour") == behaviour)["terminal_id"])
 
     # a cloned terminal id is used by two devices; a clean one by at most one
-    serials = tx.drop_nulls("device_serial").group_by("terminal_id").agg(pl.col("device_serial").n_unique())
+    serials = (
+        tx.drop_nulls("device_serial")
+        .group_by("terminal_id")
+        .agg(pl.col("device_serial").n_unique())
+    )
     multi = set(serials.filter(pl.col("device_serial") > 1)["terminal_id"])
-    assert terminals("cloned_terminal") <= multi | set(tx.filter(pl.col("device_serial").is_null())["terminal_id"])
+    assert terminals("cloned_terminal") <= multi | set(
+        tx.filter(pl.col("device_serial").is_null())["terminal_id"]
+    )
     assert multi <= terminals("cloned_terminal")
     # MCC jumping: DE18 differs from the registered MCC only there
     reg = trial.terminals.group_by("terminal_id").agg(pl.col("registered_mcc").last())
     jump = tx.join(reg, on="terminal_id").filter(pl.col("mcc") != pl.col("registered_mcc"))
     assert set(jump["terminal_id"]) == terminals("mcc_mismatch")
     # card numbers in telemetry only at pan_exposure terminals
-    digits = ev.with_columns(run=pl.col("detail").str.extract(r"card=([0-9 \-]{13,25})").str.replace_all(r"[ \-]", ""))
-    leaked = digits.drop_nulls("run").filter(pl.col("run").map_elements(luhn_ok, return_dtype=pl.Boolean))
+    digits = ev.with_columns(
+        run=pl.col("detail").str.extract(r"card=([0-9 \-]{13,25})").str.replace_all(r"[ \-]", "")
+    )
+    leaked = digits.drop_nulls("run").filter(
+        pl.col("run").map_elements(luhn_ok, return_dtype=pl.Boolean)
+    )
     assert set(leaked["terminal_id"]) == terminals("pan_exposure")
     assert ev["detail"].str.contains(r"order \d{16}").any()  # long numbers that are not cards
     # an unknown terminal id transacts
@@ -233,15 +251,24 @@ def test_legitimate_terminals_carry_background_noise(trial):
     c = tx.filter(pl.col("terminal_id").is_in(list(clean)))
     assert len(clean) > 30
     assert c.filter(pl.col("txn_time").dt.hour() < 5).height > 0  # night sales at 24 h shops
-    assert c.filter((pl.col("amount_minor") % 10_000 == 0) & (pl.col("amount_minor") > 0)).height > 0
+    assert (
+        c.filter((pl.col("amount_minor") % 10_000 == 0) & (pl.col("amount_minor") > 0)).height > 0
+    )
     assert set(c["response_code"]) >= {"00", "51", "55"}
-    assert set(c["entry_mode"]) >= {"02", "03", "05", "07"}  # old magstripe cards swipe legitimately
+    assert set(c["entry_mode"]) >= {
+        "02",
+        "03",
+        "05",
+        "07",
+    }  # old magstripe cards swipe legitimately
     assert set(c["txn_type"]) >= {"purchase", "refund", "reversal", "void"}
     # refunds, voids and reversals name an existing purchase of the same card
     refs = c.filter(pl.col("original_txn_id").is_not_null())
     orig = tx.select(original_txn_id="txn_id", orig_pan="pan", orig_type="txn_type")
     joined = refs.join(orig, on="original_txn_id", how="left")
-    assert joined["orig_pan"].is_not_null().mean() > 0.9  # a few originals predate the trial window
+    assert (
+        joined["orig_pan"].is_not_null().mean() > 0.9
+    )  # a few originals predate the trial window
     matched = joined.drop_nulls("orig_pan")
     assert (matched["pan"] == matched["orig_pan"]).all()
     assert matched["orig_type"].is_in(["purchase", "preauth"]).all()
@@ -252,7 +279,9 @@ def test_legitimate_terminals_carry_background_noise(trial):
 
 def test_stans_increase_per_device_on_clean_terminals(trial):
     tx, truth = trial.transactions, trial.truth
-    noisy = set(truth.filter(pl.col("behaviour").is_in(["cloned_terminal", "malfunction"]))["terminal_id"])
+    noisy = set(
+        truth.filter(pl.col("behaviour").is_in(["cloned_terminal", "malfunction"]))["terminal_id"]
+    )
     df = (
         tx.filter(~pl.col("terminal_id").is_in(list(noisy)))
         .sort("terminal_id", "txn_time", "txn_id")
@@ -346,7 +375,9 @@ def test_derived_truth_matches_a_naive_recomputation(trial):
 
 
 def test_most_terminals_stay_within_their_policy(trial):
-    derived = trial.truth.filter(pl.col("behaviour").is_in(["disallowed_use", "trial_limit_breach"]))
+    derived = trial.truth.filter(
+        pl.col("behaviour").is_in(["disallowed_use", "trial_limit_breach"])
+    )
     share = derived["terminal_id"].n_unique() / trial.terminals["terminal_id"].n_unique()
     assert 0.0 < share < 0.35
 
@@ -381,12 +412,18 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_detection_code_does_not_import_the_simulator():
-    files = [*(ROOT / "features").rglob("*.py"), *(ROOT / "models").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]
+    files = [
+        *(ROOT / "features").rglob("*.py"),
+        *(ROOT / "models").rglob("*.py"),
+        *(ROOT / "kernels").rglob("*.py"),
+    ]
     files += [p for p in (ROOT / "pipelines" / "detect.py",) if p.exists()]
     assert files
     for path in files:
         bad = {m for m in _imports(path) if m.startswith("pipelines.simulate")}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: detectors must not see the injection parameters"
+        assert not bad, (
+            f"{path.relative_to(ROOT)} imports {bad}: detectors must not see the injection parameters"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -394,16 +431,18 @@ def test_detection_code_does_not_import_the_simulator():
 # ---------------------------------------------------------------------------
 
 
-def test_simulated_trial_round_trips_through_ingest_without_quarantine(written, tmp_path, pan_key_env):
+def _round_trip(written, tmp_path, gate: bool):
     ingest = pytest.importorskip("pipelines.ingest")
     from pipelines.settings import Settings
     from pipelines.storage import connect
 
     out, report = written
     settings = Settings.from_env(db=tmp_path / "tg.duckdb")
-    result = ingest.ingest_paths(settings, [out / "landing"])
+    result = ingest.ingest_paths(settings, [out / "landing"], gate=gate)
     totals = result.totals
-    assert totals["files_rejected"] == 0, [f.message for f in result.files if f.status == "rejected"]
+    assert totals["files_rejected"] == 0, [
+        f.message for f in result.files if f.status == "rejected"
+    ]
     assert totals["quarantined"] == 0
     assert result.ok
     con = connect(settings.db_path)
@@ -412,9 +451,36 @@ def test_simulated_trial_round_trips_through_ingest_without_quarantine(written, 
         n_reg = con.execute("SELECT count(*) FROM terminals").fetchone()[0]
         n_rep = con.execute("SELECT count(*) FROM fraud_reports").fetchone()[0]
         cols = [r[0] for r in con.execute("DESCRIBE transactions").fetchall()]
+        leaked = con.execute(
+            "SELECT DISTINCT terminal_id FROM terminal_events WHERE detail LIKE '%[PAN-REDACTED]%'"
+        ).fetchall()
+        first_day_of_offset_file = str(
+            con.execute(
+                "SELECT min(local_date) FROM transactions t JOIN ingest_manifest m USING (file_id) "
+                "WHERE m.source_path LIKE ?",
+                [f"%transactions_{START + timedelta(days=3)}.csv"],
+            ).fetchone()[0]
+        )
     finally:
         con.close()
     assert n_tx == report.counts["transactions"]
     assert n_reg == report.counts["terminals"]
     assert n_rep == report.counts["fraud_reports"]
     assert "pan" not in cols
+    # card numbers in telemetry are redacted exactly at the pan_exposure terminals
+    exposed = {r[0] for r in leaked}
+    truth = pl.read_csv(out / "truth.csv", infer_schema=False)
+    assert exposed == set(truth.filter(pl.col("behaviour") == "pan_exposure")["terminal_id"])
+    # the +08:00 file lands on the same local day as the others
+    assert first_day_of_offset_file == str(START + timedelta(days=3))
+
+
+def test_simulated_trial_round_trips_through_ingest_without_quarantine(
+    written, tmp_path, pan_key_env
+):
+    _round_trip(written, tmp_path, gate=False)
+
+
+@pytest.mark.slow
+def test_round_trip_with_quality_gates(written, tmp_path, pan_key_env):
+    _round_trip(written, tmp_path, gate=True)

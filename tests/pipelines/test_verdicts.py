@@ -60,9 +60,11 @@ def test_window_and_explicit_terminals(db):
     assert [v["terminal_id"] for v in narrow] == ["T0000004", "T0000001"]  # by trial end
     later = verdicts.compute_verdicts(con, date(2025, 3, 16), within_days=0, ended_days=2)
     assert [v["terminal_id"] for v in later] == ["T0000003", "T0000002"]  # ended 03-14, 03-15
-    # The snoozed high flag of T0000006 counts again once its snooze has ended.
-    snoozed = verdicts.compute_verdicts(con, date(2025, 3, 11), terminals=["T0000006"])
-    assert snoozed[0]["verdict"] == "terminate"
+    # A snoozed high flag is unresolved: it counts while snoozed and after.
+    for day in (date(2025, 3, 11), date(2025, 3, 13)):
+        snoozed = verdicts.compute_verdicts(con, day, terminals=["T0000006"])
+        assert snoozed[0]["verdict"] == "terminate"
+        assert snoozed[0]["counts"]["snoozed" if day.day == 11 else "open"] == 1
     # Judging an earlier day ignores flags first seen after it.
     early = verdicts.compute_verdicts(con, date(2025, 3, 7), terminals=["T0000001"])
     assert early[0]["flag_ids"] == ["F-PAN-1"] and early[0]["counts"]["active_days"] == 7
