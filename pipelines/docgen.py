@@ -49,8 +49,10 @@ def render() -> str:
         for c in cols:
             meaning = c.description
             if c.allowed:
-                meaning = (meaning + "; " if meaning else "") + "one of " + ", ".join(
-                    f"`{v}`" for v in c.allowed
+                meaning = (
+                    (meaning + "; " if meaning else "")
+                    + "one of "
+                    + ", ".join(f"`{v}`" for v in c.allowed)
                 )
             out.append(
                 f"| {c.name} | {c.duckdb_type} | {'yes' if c.required else ''} | {meaning} |"

@@ -491,14 +491,24 @@ def _rel_link(target: Path, out_dir: Path) -> str:
 def _data_quality(
     con: duckdb.DuckDBPyConnection, as_of: date, settings: Settings, out_dir: Path
 ) -> str:
+    # The files loaded up to the morning after the night (the nightly ingests then); when
+    # there are none (a replay of an old night, the demo), the latest files instead.
+    files_sql = (
+        "SELECT file_id, source_path, kind, status, rows_read, accepted, quarantined, duplicates, "
+        "pan_redactions, gate_success, message, started_at FROM ingest_manifest {where} "
+        "ORDER BY started_at DESC NULLS LAST LIMIT 30"
+    )
     files = _rows(
         con,
-        "SELECT file_id, source_path, kind, status, rows_read, accepted, quarantined, duplicates, "
-        "pan_redactions, gate_success, message, started_at FROM ingest_manifest "
-        "WHERE started_at IS NULL OR started_at < CAST(? AS DATE) + INTERVAL 2 DAY "
-        "ORDER BY started_at DESC NULLS LAST LIMIT 30",
+        files_sql.format(
+            where="WHERE started_at IS NULL OR started_at < CAST(? AS DATE) + INTERVAL 2 DAY"
+        ),
         [as_of],
     )
+    scope = "recent file(s)"
+    if not files:
+        files = _rows(con, files_sql.format(where=""))
+        scope = "file(s), the latest loaded (all after this night)"
     ids = [f["file_id"] for f in files] or [""]
     marks = ", ".join("?" for _ in ids)
     gates = _rows(
@@ -572,7 +582,7 @@ def _data_quality(
     q_rows = [[esc(q["kind"]), esc(q["reason"]), esc(q["n"])] for q in quarantine]
     return (
         '<section id="data-quality"><h2>Data quality</h2>'
-        f"<p>{len(files)} recent file(s): {rejected} rejected, {failed_gates} failed gate(s); "
+        f"<p>{len(files)} {esc(scope)}: {rejected} rejected, {failed_gates} failed gate(s); "
         f"{totals['rows_read']} rows read, {totals['accepted']} accepted, "
         f"{totals['quarantined']} quarantined, {totals['duplicates']} duplicates, "
         f"{totals['pan_redactions']} card numbers redacted. {docs}</p>"

@@ -184,7 +184,7 @@ class DayGenerator:
         """Card indices for rows at ``term``: regulars of the terminal, some visitors."""
         tm = self.w.term
         u = rng.random(len(term))
-        idx = tm["win_start"][term] + (tm["win_width"][term] * u**1.6).astype(np.int64)
+        idx = tm["win_start"][term] + (tm["win_width"][term] * u**sc.REGULAR_SKEW).astype(np.int64)
         visitor = rng.random(len(term)) < sc.VISITOR_SHARE
         idx[visitor] = rng.integers(0, len(self.w.card_pan), size=int(visitor.sum()))
         return idx

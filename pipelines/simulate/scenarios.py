@@ -66,7 +66,9 @@ CHIP_ENTRY = {"07": 0.48, "05": 0.36, "03": 0.14, "91": 0.02}
 MAG_ENTRY = {"02": 0.6, "90": 0.4}
 LEGIT_FALLBACK_RATE = 0.00003
 #: Customers: a card pool per terminal (regulars repeat), plus visitors from anywhere.
-POOL_SIZE_PER_DAILY_TXN = 12
+POOL_SIZE_PER_DAILY_TXN = 20
+#: Skew towards regulars: customer = window start + width * u**REGULAR_SKEW.
+REGULAR_SKEW = 1.25
 VISITOR_SHARE = 0.05
 CARDS_PER_TERMINAL = 150
 #: Background noise that must not be flagged.

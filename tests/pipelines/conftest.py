@@ -50,3 +50,37 @@ def small_trial_landing(tmp_path_factory):
     out = tmp_path_factory.mktemp("small_trial")
     write_trial(out, 30, SMALL_TRIAL_DAYS, date.fromisoformat(SMALL_TRIAL_START), 7)
     return out / "landing"
+
+
+#: The card-number key of the shared fixtures: the same as ``tests/conftest.py``'s
+#: ``TEST_PAN_KEY`` (the ``pan_key_env`` fixture), so later ingests tokenise alike.
+FIXTURE_PAN_KEY = "test-key-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def small_trial_db(tmp_path_factory, small_trial_landing):
+    """A DuckDB file with :func:`small_trial_landing` ingested (no detection run yet).
+
+    Shared: use :func:`small_trial_db_copy` to get a copy you may write to.
+    """
+    from pipelines.ingest import ingest_paths
+    from pipelines.settings import Settings
+
+    db = tmp_path_factory.mktemp("small_trial_db") / "trialguard.duckdb"
+    settings = Settings.from_env(env={"TRIALGUARD_PAN_KEY": FIXTURE_PAN_KEY}, db=db)
+    report = ingest_paths(settings, [small_trial_landing])
+    assert report.ok, report.totals
+    return db
+
+
+@pytest.fixture
+def small_trial_db_copy(small_trial_db, tmp_path):
+    """A private copy of :func:`small_trial_db` (with its WAL, if any) under ``tmp_path``."""
+    import shutil
+
+    dst = tmp_path / small_trial_db.name
+    shutil.copy2(small_trial_db, dst)
+    wal = small_trial_db.with_name(small_trial_db.name + ".wal")
+    if wal.exists():
+        shutil.copy2(wal, dst.with_name(dst.name + ".wal"))
+    return dst

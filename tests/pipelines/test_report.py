@@ -6,6 +6,7 @@ import base64
 import hashlib
 import importlib.util
 import re
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -169,3 +170,11 @@ def test_opens_even_while_this_process_holds_a_writable_connection(tmp_path):
         assert 'data-flag-id="F-TLB-4"' in out.read_text(encoding="utf-8")
     finally:
         writer.close()
+
+
+def test_data_quality_falls_back_to_the_latest_files_when_replaying_an_old_night(tmp_path):
+    db = store.build_store(tmp_path / "t.duckdb")
+    old_night = store.START - timedelta(days=30)  # every file was loaded after it
+    out = report.write_report(Settings(db_path=db), old_night, tmp_path / "r.html")
+    dq = out.read_text(encoding="utf-8").split('id="data-quality"', 1)[1]
+    assert "2 file(s), the latest loaded" in dq and "landing/txns.csv" in dq
