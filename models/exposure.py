@@ -119,7 +119,9 @@ def exposure_texts(
             .last()
         )
         ident = pl.format(
-            "registry:{}@{}", pl.col("terminal_id"), pl.col("updated_at").dt.to_string("%Y-%m-%dT%H:%M:%S")
+            "registry:{}@{}",
+            pl.col("terminal_id"),
+            pl.col("updated_at").dt.to_string("%Y-%m-%dT%H:%M:%S"),
         )
         for col in ("merchant_name", "extra"):
             parts.append(

@@ -382,6 +382,17 @@ def test_most_terminals_stay_within_their_policy(trial):
     assert 0.0 < share < 0.35
 
 
+def test_in_memory_frames_have_the_schema_types(trial):
+    for frame, kind in (
+        (trial.terminals, TERMINALS),
+        (trial.transactions, TRANSACTIONS),
+        (trial.terminal_events, TERMINAL_EVENTS),
+        (trial.fraud_reports, FRAUD_REPORTS),
+    ):
+        for name, dtype in frame.schema.items():
+            assert dtype == kind.column(name).polars_type, f"{kind.name}.{name} is {dtype}"
+
+
 def test_in_memory_trial_is_deterministic(trial):
     again = simulate_trial(80, 8, START, seed=3)
     assert again.transactions.equals(trial.transactions)
