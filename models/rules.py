@@ -685,7 +685,8 @@ def behaviour_detections(
             pl.when(h).then(1.0 - c.score.fill_null(0.5).clip(0.0, 1.0)).otherwise(1.0)
             for h, c in zip(hits, checks, strict=True)
         ]
-        score = 1.0 - pl.reduce(lambda a, b: a * b, miss)
+        # noisy-OR: 1 - prod(1 - s_i), the product as exp(sum(log)).
+        score = 1.0 - pl.sum_horizontal([m.log() for m in miss]).exp()
     reasons = pl.concat_list([_reason(c) for c in checks]).list.drop_nulls()
     return (
         day.filter(fired.fill_null(False))

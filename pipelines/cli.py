@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipelines.settings import MissingKeyError, Settings
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings.from_env(db=getattr(args, "db", None))
+    if not sys.stdout.isatty():
+        # Tables printed to a pipe or a log keep their columns instead of rich's 80.
+        os.environ.setdefault("COLUMNS", "160")
     try:
         return int(args._entry(args, settings) or 0)
     except MissingKeyError as exc:

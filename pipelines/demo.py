@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--top", type=int, default=10, help="rows of the review queue to print")
+    parser.add_argument(
+        "--follow-up-days",
+        type=int,
+        default=30,
+        help="nights to keep monitoring after the last trading day, while late fraud "
+        "reports arrive (common point of compromise needs them; default 30)",
+    )
 
 
 def simulate_once(out: Path, terminals: int, days: int, start: date, seed: int) -> bool:
@@ -81,19 +88,23 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     settings.pan_key()  # fail early and clearly when there is no card-number key
     out = Path(args.out)
     last_day = args.start + timedelta(days=args.days - 1)
+    as_of = last_day + timedelta(days=args.follow_up_days)
     print(f"1/4 simulating {args.terminals:,} terminals x {args.days} days into {out} ...")
     if not simulate_once(out, args.terminals, args.days, args.start, args.seed):
         print("    already simulated with these parameters: reusing it")
 
-    print(f"2/4 nightly flow as of {last_day}: ingest, validate, detect every night, report ...")
+    print(
+        f"2/4 nightly flow as of {as_of} ({args.follow_up_days} nights after the last trading "
+        "day, as fraud reports arrive late): ingest, validate, detect every night, report ..."
+    )
     from pipelines.flows import nightly
 
     result = nightly(
-        as_of=last_day,
+        as_of=as_of,
         landing=str(out / "landing"),
         db=str(settings.db_path),
         report=True,
-        max_backfill_days=args.days + 1,
+        max_backfill_days=args.days + args.follow_up_days + 1,
     )
     report_path = ((result or {}).get("counts", {}).get("report") or {}).get("path")
 
@@ -105,7 +116,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
     con = open_db(settings)
     try:
-        queue = query_flags(con, as_of=last_day, limit=args.top)
+        queue = query_flags(con, as_of=as_of, limit=args.top)
     finally:
         con.close()
     print(format_flags_table(queue, title=f"Review queue (top {args.top}, open flags)"))

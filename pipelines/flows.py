@@ -548,7 +548,12 @@ async def build_runner(
             f"unknown time zone {timezone!r} for the schedule; use an IANA name such as "
             f"{DEFAULT_TIMEZONE!r}"
         ) from exc
-    runner = Runner(name=f"{name}-runner", pause_on_shutdown=False, query_seconds=poll_seconds)
+    # limit=1: late runs (after the server was down) run one after the other, in
+    # schedule order, instead of racing for the run lock. The schedule stays active
+    # when serving stops, so missed nights run when it is restarted.
+    runner = Runner(
+        name=f"{name}-runner", pause_on_shutdown=False, query_seconds=poll_seconds, limit=1
+    )
     deployment_id = await runner.aadd_flow(
         nightly_flow(),
         name=name,

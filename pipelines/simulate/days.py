@@ -578,9 +578,7 @@ class DayGenerator:
         amount = np.where(
             kind < p["near_cap"],
             (cap * rng.uniform(0.97, 0.999, size=n)).astype(np.int64) // 100 * 100,
-            np.minimum(
-                (rng.choice([2000, 3000, 5000, 8888, 9999, 10000], size=n) * 100), cap
-            ).astype(np.int64),
+            np.minimum((rng.choice(sc.CASH_OUT_ROUND_YUAN, size=n) * 100), cap).astype(np.int64),
         )
         night = rng.random(n) < p["night"]
         t = np.where(
@@ -631,7 +629,7 @@ class DayGenerator:
         for _ in range(int(p["bursts"])):
             n = max(3, rng.poisson(p["attempts"]))
             pans, bins = sequential_cards(rng, n)
-            night = rng.random() < 0.6
+            night = rng.random() < sc.CARD_TESTING_NIGHT
             t0 = self.w.day_start(d) + (
                 int(rng.integers(0, 5 * 3600))
                 if night
@@ -641,9 +639,7 @@ class DayGenerator:
             resp = np.where(
                 rng.random(n) < p["decline"], _choice(rng, sc.CARD_TESTING_CODES, n, R), 0
             )
-            entry = np.array([E["01"], E["90"], E["02"]], dtype=np.int8)[
-                rng.choice(3, size=n, p=[0.4, 0.4, 0.2])
-            ]
+            entry = _choice(rng, sc.CARD_TESTING_ENTRY, n, E)
             out.append(
                 block(
                     n,
@@ -670,11 +666,13 @@ class DayGenerator:
         d = self._current_day
         card = rng.integers(0, len(w.card_pan), size=n)
         term = np.full(n, e.term)
-        counterfeit = rng.random(n) < 0.5
+        counterfeit = rng.random(n) < sc.HOTSPOT_COUNTERFEIT
         entry = np.where(
             counterfeit, np.where(rng.random(n) < 0.7, E["90"], E["02"]), E["07"]
         ).astype(np.int8)
-        amount = (self._amounts(rng, term) * rng.uniform(1.0, 1.8, size=n)).astype(np.int64)
+        amount = (
+            self._amounts(rng, term) * rng.uniform(*sc.HOTSPOT_TICKET_FACTOR, size=n)
+        ).astype(np.int64)
         amount = np.where(entry == E["07"], np.minimum(amount, 99_900), amount)
         amount = np.minimum(
             amount, np.where(np.isfinite(self.cap_txn[e.term]), self.cap_txn[e.term], 5e6)
@@ -703,7 +701,8 @@ class DayGenerator:
         pick = rng.random(len(pans)) < e.params["share"]
         pans, visit = pans[pick], base["t"][rows[first[pick]]]
         bins = base["bin"][rows[first[pick]]]
-        misuse = visit + rng.integers(3 * DAY, 30 * DAY, size=len(pans))
+        lo, hi = sc.COMPROMISE_MISUSE_DAYS
+        misuse = visit + rng.integers(lo * DAY, hi * DAY, size=len(pans))
         sim_end = w.day_start(w.days)
         ours = (misuse < sim_end) & (rng.random(len(pans)) < e.params["ours"])
         # misuse at one of our own terminals: a real transaction, reported with its txn_id

@@ -290,6 +290,17 @@ UNREGISTERED_KINDS = (
 )
 #: Cheaper MCCs that MCC jumpers send instead of their registered one.
 MCC_JUMP_TARGETS = ("5411", "5331", "8211", "8398", "5499")
+#: Cash-out round figures (yuan), capped at the policy's per-transaction cap.
+CASH_OUT_ROUND_YUAN = (2000, 3000, 5000, 8888, 9999, 10000)
+#: Share of card-testing bursts at 00:00-05:00; entry modes of the attempts.
+CARD_TESTING_NIGHT = 0.6
+CARD_TESTING_ENTRY = {"01": 0.4, "90": 0.4, "02": 0.2}
+#: Fraud hotspot: share of counterfeit (swiped) vs lost/stolen (contactless) cards,
+#: and their tickets relative to the merchant's usual ones.
+HOTSPOT_COUNTERFEIT = 0.5
+HOTSPOT_TICKET_FACTOR = (1.0, 1.8)
+#: Card compromise: days from the visit at the skimmer to the misuse.
+COMPROMISE_MISUSE_DAYS = (3, 30)
 #: Decline codes of card-testing attempts (weights).
 CARD_TESTING_CODES = {"14": 0.3, "54": 0.2, "05": 0.2, "51": 0.2, "55": 0.1}
 #: Behaviours that are injected (the others are derived from data and policy).

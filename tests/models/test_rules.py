@@ -71,11 +71,25 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def mft():
+    """One terminal per behaviour case, detected in one run."""
+    frames, ids = [], {}
+    for i, (behaviour, kwargs) in enumerate(sorted(CASES.items())):
+        kwargs = dict(kwargs)
+        step = kwargs.pop("step_s", 600)
+        tid = f"M{i:07d}"
+        ids[behaviour] = tid
+        if "device_serial" in kwargs:
+            kwargs["device_serial"] = [s.replace("SNT0000001", f"SN{tid}") for s in kwargs["device_serial"]]
+        frames.append(F.txns(20, terminal_id=tid, step_s=step, **kwargs))
+    return ids, run(pl.concat(frames))
+
+
 @pytest.mark.parametrize("behaviour", sorted(CASES))
-def test_minimum_functionality(behaviour):
-    kwargs = dict(CASES[behaviour])
-    step = kwargs.pop("step_s", 600)
-    det = run(F.txns(20, step_s=step, **kwargs))
+def test_minimum_functionality(mft, behaviour):
+    ids, det = mft
+    det = det.filter(pl.col("terminal_id") == ids[behaviour])
     assert behaviour in behaviours(det), det
     row = det.filter(pl.col("behaviour") == behaviour).row(0, named=True)
     assert 0.0 <= row["score"] <= 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import date
 
 import pytest
@@ -30,12 +31,14 @@ def _table_hashes(db) -> dict[str, str]:
         con.close()
 
 
-@pytest.fixture
-def live_db(small_trial_db_copy, pan_key_env):
-    """The small trial ingested and detected D1..D4, with one analyst decision."""
-    settings = Settings.from_env(db=small_trial_db_copy)
+@pytest.fixture(scope="module")
+def live_db(small_trial_db, tmp_path_factory):
+    """The small trial ingested and detected D1..D4, with one analyst decision (shared)."""
+    db = tmp_path_factory.mktemp("backtest") / "trialguard.duckdb"
+    shutil.copy2(small_trial_db, db)
+    settings = Settings(db_path=db)
     run_range(settings, D1, D4)
-    con = connect(small_trial_db_copy)
+    con = connect(db)
     flag_id = con.execute("SELECT min(flag_id) FROM flags").fetchone()[0]
     con.execute(
         "INSERT INTO dispositions VALUES (?, 'confirmed', 'ana', NULL, TIMESTAMP '2025-09-05 10:00', NULL)",
@@ -96,11 +99,11 @@ def test_cli_json_and_candidate_errors(live_db, tmp_path, capsys):
     same = tmp_path / "same.toml"
     same.write_text("[episodes]\ngap_days = 3\n", encoding="utf-8")  # the shipped value
     rc = main(["--db", str(live_db.db_path), "backtest", "--config", str(same),
-               "--from", "2025-09-01", "--to", "2025-09-04", "--json"])  # fmt: skip
+               "--from", "2025-09-03", "--to", "2025-09-04", "--json"])  # fmt: skip
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["appear"] == [] and out["disappear"] == []  # same config, same flags
-    assert len(out["nights"]) == 4
+    assert [n["night"] for n in out["nights"]] == ["2025-09-03", "2025-09-04"]
     assert all(n["baseline_new"] == n["candidate_new"] for n in out["nights"])
 
     bad = tmp_path / "bad.toml"
