@@ -434,7 +434,7 @@ _UNREGISTERED_TEXT = {
     "before_activation": "used before activation",
     "before_trial": "used before the trial start",
     "after_trial": "used after the trial end",
-    "implausible_time": "transactions dated far outside the trial window",
+    "implausible_time": "transactions dated outside the trial window (clock skew)",
 }
 
 
@@ -573,39 +573,46 @@ def disallowed_use_checks(cfg: dict[str, Any]) -> list[Check]:
 def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     """Technical declines, reversals, duplicate STANs or clock skew beyond normal.
 
-    The checks are indicators; :func:`detect` fires on ``min_indicators`` of them
-    or on massive technical declines alone.
+    Counts and rates are over ``window_days`` days (columns ``*_w``, today
+    included; today's values when no history is given). The checks are
+    indicators: :func:`detect` fires on ``min_indicators`` of them, on a day
+    with a symptom, or on massive technical declines alone.
     """
     c = cfg["malfunction"]
-    dups = pl.col("n_stan_repeat") + pl.col("n_stan_conflict")
+    w = int(c["window_days"])
+    tech, txn = pl.col("n_technical_w"), pl.col("n_txn_w")
+    rev, cap = pl.col("n_reversal_w"), pl.col("n_cap_w")
+    tech_rate = tech / txn.cast(pl.Float64)
+    rev_ratio = (rev / cap.cast(pl.Float64)).fill_nan(1.0).fill_null(1.0)
+    dups = pl.col("n_stan_repeat_w") + pl.col("n_stan_conflict_w")
     return [
         Check(
             "technical_declines",
-            (pl.col("n_technical") >= int(c["min_technical"]))
-            & (pl.col("decline_technical_rate") > float(c["technical_rate"])),
-            exceed_score(pl.col("decline_technical_rate"), float(c["technical_rate"])),
+            (tech >= int(c["min_technical"])) & (tech_rate > float(c["technical_rate"])),
+            exceed_score(tech_rate, float(c["technical_rate"])),
             pl.format(
-                "{} technical declines, {}% of messages (threshold {}%)",
-                pl.col("n_technical"),
-                _pct(pl.col("decline_technical_rate")),
+                "{} technical declines in {} days, {}% of messages (threshold {}%)",
+                tech,
+                pl.lit(w),
+                _pct(tech_rate),
                 _pct(_f(c["technical_rate"])),
             ),
-            pl.col("decline_technical_rate"),
+            tech_rate,
             _f(c["technical_rate"]),
             fires=False,
         ),
         Check(
             "reversals",
-            (pl.col("n_reversal") >= int(c["min_reversals"]))
-            & (pl.col("reversal_ratio").fill_null(1.0) > float(c["reversal_ratio"])),
-            exceed_score(pl.col("reversal_ratio").fill_null(1.0), float(c["reversal_ratio"])),
+            (rev >= int(c["min_reversals"])) & (rev_ratio > float(c["reversal_ratio"])),
+            exceed_score(rev_ratio, float(c["reversal_ratio"])),
             pl.format(
-                "{} reversals, {}% of purchases (threshold {}%)",
-                pl.col("n_reversal"),
-                _pct(pl.col("reversal_ratio").fill_null(1.0)),
+                "{} reversals in {} days, {}% of purchases (threshold {}%)",
+                rev,
+                pl.lit(w),
+                _pct(rev_ratio),
                 _pct(_f(c["reversal_ratio"])),
             ),
-            pl.col("reversal_ratio"),
+            rev_ratio,
             _f(c["reversal_ratio"]),
             fires=False,
         ),
@@ -614,8 +621,9 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             dups >= int(c["min_stan_repeats"]),
             count_score(dups - int(c["min_stan_repeats"]) + 1),
             pl.format(
-                "{} messages reuse a STAN already used that day (threshold {})",
+                "{} messages in {} days reuse a STAN already used that day (threshold {})",
                 dups,
+                pl.lit(w),
                 pl.lit(int(c["min_stan_repeats"])),
             ),
             dups.cast(pl.Float64),
@@ -624,19 +632,24 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
         ),
         Check(
             "clock_skew",
-            pl.col("n_implausible_time") >= 1,
-            count_score(pl.col("n_implausible_time")),
+            pl.col("n_implausible_time_w") >= 1,
+            count_score(pl.col("n_implausible_time_w")),
             pl.format(
-                "{} transactions with an implausible time (more than {} days outside the "
-                "trial window)",
-                pl.col("n_implausible_time"),
-                pl.lit(int(c["implausible_days"])),
+                "{} transactions in {} days dated more than {} days away from the rest of "
+                "the day's messages (clock skew)",
+                pl.col("n_implausible_time_w"),
+                pl.lit(w),
+                pl.lit(int(c["clock_skew_days"])),
             ),
-            pl.col("n_implausible_time").cast(pl.Float64),
+            pl.col("n_implausible_time_w").cast(pl.Float64),
             _f(1),
             fires=False,
         ),
     ]
+
+
+_SYMPTOMS = ("n_txn", "n_cap", "n_technical", "n_reversal", "n_stan_repeat", "n_stan_conflict",
+             "n_implausible_time")
 
 
 CHECKS = {
@@ -718,6 +731,9 @@ def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     )
     if "n_implausible_time" not in names:
         out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    missing = [pl.col(c).alias(f"{c}_w") for c in _SYMPTOMS if f"{c}_w" not in names]
+    if missing:
+        out = out.with_columns(missing)
     return out
 
 
@@ -745,9 +761,17 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
         elif behaviour == "malfunction":
             c = config["malfunction"]
             n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in checks])
-            fire = (n_ind >= int(c["min_indicators"])) | (
-                pl.col("n_technical") >= int(c["strong_technical"])
-            ) & checks[0].when.fill_null(False)
+            symptom_today = (
+                pl.col("n_technical")
+                + pl.col("n_reversal")
+                + pl.col("n_stan_repeat")
+                + pl.col("n_stan_conflict")
+                + pl.col("n_implausible_time")
+            ) > 0
+            strong = (pl.col("n_technical") >= int(c["strong_technical"])) & (
+                pl.col("decline_technical_rate") > float(c["technical_rate"])
+            )
+            fire = (symptom_today & (n_ind >= int(c["min_indicators"]))) | strong
             parts.append(behaviour_detections(day, behaviour, checks, fire))
         else:
             parts.append(behaviour_detections(day, behaviour, checks))

@@ -61,6 +61,7 @@ class BacktestReport:
     candidate: str
     baseline_config_version: str
     candidate_config_version: str
+    policy_overrides: list[str] = field(default_factory=list)
     nights: list[dict[str, Any]] = field(default_factory=list)
     appear: list[dict[str, Any]] = field(default_factory=list)
     disappear: list[dict[str, Any]] = field(default_factory=list)
@@ -237,6 +238,7 @@ def backtest(
         candidate=str(candidate_path),
         baseline_config_version=config_version(base_config),
         candidate_config_version=config_version(cand_config),
+        policy_overrides=sorted(cand_policies),
         nights=nights,
         appear=appear,
         disappear=disappear,
@@ -303,8 +305,13 @@ def print_report(report: BacktestReport, console=None) -> None:
     console.print(
         f"{report.unchanged} terminal x behaviour pairs flagged by both; "
         f"baseline config {report.baseline_config_version[:12]}, "
-        f"candidate {report.candidate_config_version[:12]} ({report.candidate}). "
-        "Nothing was written."
+        f"candidate {report.candidate_config_version[:12]} ({report.candidate}"
+        + (
+            f"; policies changed: {', '.join(report.policy_overrides)}"
+            if report.policy_overrides
+            else ""
+        )
+        + "). Nothing was written."
     )
 
 

@@ -53,6 +53,17 @@ from models.episodes import FLAG_FRAME_SCHEMA, merge_detections
 log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 30
+#: terminal_day columns the 7/30-day features read.
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "n_txn",
+    "cap_amount",
+    "n_cap",
+    "n_technical",
+    "n_reversal",
+    "n_stan_repeat",
+    "n_stan_conflict",
+    "n_implausible_time",
+)
 #: Lines either side of an implausibly-timed row searched for a neighbour of the run date.
 NEIGHBOUR_LINES = 20
 
@@ -142,45 +153,58 @@ def read_registry(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
 def read_implausible(
     con: duckdb.DuckDBPyConnection, as_of: date, config: dict[str, Any]
 ) -> pl.DataFrame:
-    """Rows whose time is implausible (clock skew), attributed to ``as_of``.
+    """Rows with an implausible time (clock skew) that were sent on ``as_of``.
 
-    A row is implausible when its local day is more than ``implausible_days``
-    before the earliest trial start or after the latest trial end of the
-    registry. It belongs to the run date of a neighbouring line of its source
-    file (within :data:`NEIGHBOUR_LINES` lines), i.e. to the day it was sent.
+    A row of a file that carries ``as_of`` transactions is implausible when its
+    local day is more than ``clock_skew_days`` away from ``as_of`` while a
+    neighbouring line of the same file (within :data:`NEIGHBOUR_LINES` lines) is
+    dated ``as_of``: it was sent that day with a wrong clock. Only the files of
+    the day are read, so the cost follows the day's volume, not the history.
+    ``outside_trial`` says whether its date is outside the terminal's trial window.
     """
-    days = int(config["malfunction"]["implausible_days"])
-    bounds = con.execute("SELECT min(trial_start), max(trial_end) FROM terminals").fetchall()[0]
-    if bounds is None or bounds[0] is None:
-        return pl.DataFrame(schema={"terminal_id": pl.String, "txn_id": pl.String})
-    lo, hi = bounds[0] - timedelta(days=days), bounds[1] + timedelta(days=days)
+    skew = int(config["malfunction"]["clock_skew_days"])
     return _frame(
         con,
         f"""
-        WITH odd AS (
-            SELECT txn_id, terminal_id, file_id, line_no, txn_time FROM transactions
-            WHERE local_date < ? OR local_date > ?
+        WITH files AS (SELECT DISTINCT file_id FROM transactions WHERE local_date = ?),
+        odd AS (
+            SELECT t.txn_id, t.terminal_id, t.file_id, t.line_no, t.txn_time, t.local_date
+            FROM transactions t JOIN files USING (file_id)
+            WHERE t.local_date < ? OR t.local_date > ?
         ),
         probe AS (
             SELECT odd.*, odd.line_no + k AS near_line
             FROM odd, range(-{NEIGHBOUR_LINES}, {NEIGHBOUR_LINES + 1}) r(k)
             WHERE k <> 0
+        ),
+        hit AS (
+            SELECT DISTINCT p.terminal_id, p.txn_id, p.txn_time, p.local_date
+            FROM probe p JOIN transactions t
+              ON t.file_id = p.file_id AND t.line_no = p.near_line
+            WHERE t.local_date = ?
+        ),
+        reg AS (
+            SELECT terminal_id, arg_max(trial_start, updated_at) AS trial_start,
+                   arg_max(trial_end, updated_at) AS trial_end
+            FROM terminals GROUP BY terminal_id
         )
-        SELECT DISTINCT p.terminal_id, p.txn_id, p.txn_time
-        FROM probe p JOIN transactions t
-          ON t.file_id = p.file_id AND t.line_no = p.near_line
-        WHERE t.local_date = ?
-        ORDER BY p.terminal_id, p.txn_time, p.txn_id
+        SELECT hit.terminal_id, hit.txn_id,
+               coalesce(hit.local_date < reg.trial_start OR hit.local_date > reg.trial_end,
+                        true) AS outside_trial
+        FROM hit LEFT JOIN reg USING (terminal_id)
+        ORDER BY hit.terminal_id, hit.txn_time, hit.txn_id
         """,
-        [lo, hi, as_of],
-    ).select("terminal_id", "txn_id")
+        [as_of, as_of - timedelta(days=skew), as_of + timedelta(days=skew), as_of],
+    ) if skew >= 0 else pl.DataFrame(
+        schema={"terminal_id": pl.String, "txn_id": pl.String, "outside_trial": pl.Boolean}
+    )
 
 
 def read_history(con: duckdb.DuckDBPyConnection, as_of: date, days: int = HISTORY_DAYS) -> pl.DataFrame:
     """``terminal_day`` rows of the ``days`` days before ``as_of`` (history features)."""
     return _frame(
         con,
-        "SELECT terminal_id, local_date, n_txn, cap_amount FROM terminal_day "
+        f"SELECT terminal_id, local_date, {', '.join(HISTORY_COLUMNS)} FROM terminal_day "
         "WHERE local_date >= ? AND local_date < ?",
         [as_of - timedelta(days=days), as_of],
     )
@@ -241,6 +265,7 @@ def detect_partition(
     policies: pl.DataFrame,
     config: dict[str, Any],
     implausible: pl.DataFrame | None = None,
+    history: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-terminal work for one set of terminals: (terminal-day frame, rule detections).
 
@@ -259,59 +284,77 @@ def detect_partition(
     config : dict
         Thresholds.
     implausible : DataFrame or None
-        ``terminal_id, txn_id`` of implausibly-timed rows attributed to the day.
+        ``terminal_id, txn_id, outside_trial`` of clock-skewed rows sent that day.
+    history : DataFrame or None
+        Their ``terminal_day`` rows of the previous 30 days (:data:`HISTORY_COLUMNS`).
     """
     enriched = enrich_transactions(txns.lazy(), registry.lazy(), policies, config)
     day = terminal_day(enriched, config).collect()
     day = _with_implausible(day, implausible)
+    hist = history if history is not None else pl.DataFrame(
+        schema={"terminal_id": pl.String, "local_date": pl.Date,
+                **{c: pl.Int64 for c in HISTORY_COLUMNS}}
+    )
+    day = with_history(day, hist, config)
     detections = rules.detect(day.lazy(), config).collect()
     return day, detections
 
 
 def _with_implausible(day: pl.DataFrame, implausible: pl.DataFrame | None) -> pl.DataFrame:
-    """Add ``n_implausible_time``; the rows are evidence of malfunction and of unregistered use.
+    """Add ``n_implausible_time``: the rows are evidence of a malfunction (clock skew).
 
-    A transaction dated years outside the trial window is, by the contract's
-    letter, use outside the trial window (``unregistered_use``), and a clock
-    that far off is a ``malfunction``; both are reported.
+    A row dated outside the terminal's trial window is also, by the contract's
+    letter, use outside the trial window (``unregistered_use``); both are reported.
     """
     if implausible is None or implausible.height == 0:
         return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    empty = pl.lit([], dtype=pl.List(pl.String))
     per = implausible.group_by("terminal_id", maintain_order=True).agg(
         pl.len().cast(pl.Int64).alias("n_implausible_time"),
+        pl.col("outside_trial").sum().cast(pl.Int64).alias("_n_outside"),
         pl.col("txn_id").alias("_odd_ids"),
+        pl.col("txn_id").filter(pl.col("outside_trial")).alias("_outside_ids"),
     )
     out = day.join(per, on="terminal_id", how="left")
-    odd = pl.col("_odd_ids").fill_null(pl.lit([], dtype=pl.List(pl.String)))
     n = pl.col("n_implausible_time").fill_null(0)
+    n_out = pl.col("_n_outside").fill_null(0)
     return out.with_columns(
         n.alias("n_implausible_time"),
-        (pl.col("n_unregistered") + n).alias("n_unregistered"),
-        pl.when(pl.col("unregistered_reason").is_null() & (n > 0))
+        (pl.col("n_unregistered") + n_out).alias("n_unregistered"),
+        pl.when(pl.col("unregistered_reason").is_null() & (n_out > 0))
         .then(pl.lit("implausible_time"))
         .otherwise(pl.col("unregistered_reason"))
         .alias("unregistered_reason"),
-        pl.concat_list(odd, "ev_malfunction").list.head(MAX_EVIDENCE).alias("ev_malfunction"),
-        pl.concat_list("ev_unregistered_use", odd)
+        pl.concat_list(pl.col("_odd_ids").fill_null(empty), "ev_malfunction")
+        .list.head(MAX_EVIDENCE)
+        .alias("ev_malfunction"),
+        pl.concat_list("ev_unregistered_use", pl.col("_outside_ids").fill_null(empty))
         .list.head(MAX_EVIDENCE)
         .alias("ev_unregistered_use"),
-    ).drop("_odd_ids")
+    ).drop("_odd_ids", "_outside_ids", "_n_outside")
 
 
-def with_history(day: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
-    """7- and 30-day own-history features from earlier ``terminal_day`` rows.
+def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
+    """7- and 30-day features from earlier ``terminal_day`` rows (never raw history).
 
     ``n_txn_vs_7d`` / ``cap_amount_vs_7d``: log ratio of today to the 7-day daily
-    mean (0 without history); ``days_seen_30d``: active days in the last 30.
+    mean (0 without history); ``days_seen_30d``: active days in the last 30;
+    ``<symptom>_w``: malfunction symptoms summed over ``[malfunction] window_days``
+    days including today.
     """
-    if history.height == 0:
+    as_of = day.get_column("local_date").max() if day.height else None
+    w = int(config["malfunction"]["window_days"])
+    sums = ["n_txn", "n_cap", "n_technical", "n_reversal", "n_stan_repeat", "n_stan_conflict",
+            "n_implausible_time"]
+    if history.height == 0 or as_of is None:
         hist = pl.DataFrame(
             schema={"terminal_id": pl.String, "n_txn_7d": pl.Float64, "cap_amount_7d": pl.Float64,
-                    "n_txn_30d": pl.Float64, "days_seen_30d": pl.Int64}
+                    "n_txn_30d": pl.Float64, "days_seen_30d": pl.Int64,
+                    **{f"_h_{c}": pl.Int64 for c in sums}}
         )
     else:
-        last = history.get_column("local_date").max()
-        recent = pl.col("local_date") > pl.lit(last - timedelta(days=7))
+        recent = pl.col("local_date") > pl.lit(as_of - timedelta(days=7))
+        window = pl.col("local_date") > pl.lit(as_of - timedelta(days=w))
         hist = history.group_by("terminal_id").agg(
             pl.col("n_txn").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias("n_txn_7d"),
             pl.col("cap_amount").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias(
@@ -319,6 +362,7 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
             ),
             pl.col("n_txn").sum().cast(pl.Float64).truediv(30.0).alias("n_txn_30d"),
             pl.len().cast(pl.Int64).alias("days_seen_30d"),
+            *[pl.col(c).filter(window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in sums],
         )
     out = day.join(hist, on="terminal_id", how="left")
     has = pl.col("days_seen_30d").fill_null(0) > 0
@@ -328,11 +372,15 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame) -> pl.DataFrame:
         .otherwise(0.0)
         .alias("n_txn_vs_7d"),
         pl.when(has)
-        .then(pl.col("cap_amount").cast(pl.Float64).fill_null(0).log1p() - pl.col("cap_amount_7d").log1p())
+        .then(
+            pl.col("cap_amount").cast(pl.Float64).fill_null(0).log1p()
+            - pl.col("cap_amount_7d").log1p()
+        )
         .otherwise(0.0)
         .alias("cap_amount_vs_7d"),
         pl.col("days_seen_30d").fill_null(0),
-    )
+        *[(pl.col(c) + pl.col(f"_h_{c}").fill_null(0)).alias(f"{c}_w") for c in sums],
+    ).drop([f"_h_{c}" for c in sums])
 
 
 def _flags_as_table(flags: pl.DataFrame) -> pl.DataFrame:
@@ -497,11 +545,10 @@ def _run_one(
 
         t = time.perf_counter()
         pol = policy_frame(policies, config["default_policy"])
-        day, detections = detect_partition(txns, registry, pol, config, implausible)
+        day, detections = detect_partition(txns, registry, pol, config, implausible, history)
         timings["per_terminal_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        day = with_history(day, history)
         day = with_peer_features(day.lazy(), int(config["anomaly"]["min_peers"])).collect()
         view = anomaly_view(day, config)
         detections = anomaly_detections(detections, view, day, config)
@@ -534,7 +581,7 @@ def _run_one(
             _write(con, as_of, day, flags_table, at_risk_rows, run_id)
             timings["write_s"] = time.perf_counter() - t
         elif memory is not None:
-            memory.terminal_day.append(day.select("terminal_id", "local_date", "n_txn", "cap_amount"))
+            memory.terminal_day.append(day.select("terminal_id", "local_date", *HISTORY_COLUMNS))
             prev = memory.flags if memory.flags is not None else pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
             memory.flags = pl.concat(
                 [prev.filter(~pl.col("flag_id").is_in(touched["flag_id"])), touched]

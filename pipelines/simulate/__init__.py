@@ -15,6 +15,7 @@ code must never import this package. See ``docs/simulator.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import date
 from typing import Any
 
@@ -46,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="data/simulated",
         help="output folder: inputs go to OUT/landing, the truth to OUT/truth.csv (default data/simulated)",
     )
-    parser.add_argument("--format", choices=("csv", "parquet"), default="csv", dest="fmt")
+    parser.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default="csv",
+        dest="fmt",
+        help="file format (default csv)",
+    )
     parser.add_argument(
         "--min-per-behaviour",
         type=int,
@@ -60,6 +67,13 @@ def main(args: argparse.Namespace, settings: object) -> int:
     from pipelines.progress import print_summary, steps
     from pipelines.simulate.trial import write_trial
 
+    if args.terminals < 1 or args.days < 1:
+        print(
+            f"error: --terminals and --days must be at least 1, got {args.terminals} and "
+            f"{args.days}; e.g. --terminals 2000 --days 30",
+            file=sys.stderr,
+        )
+        return 2
     with steps("simulate", total=args.days) as bar:
         report = write_trial(
             args.out,

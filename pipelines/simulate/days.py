@@ -99,6 +99,19 @@ def _choice(rng, weights: dict[str, float], n: int, index: dict[str, int]) -> np
     ]
 
 
+class ByTerm:
+    """Row indices per terminal, found by binary search instead of a full scan."""
+
+    def __init__(self, term: np.ndarray):
+        self.order = np.argsort(term, kind="stable")
+        self.sorted = term[self.order]
+
+    def rows(self, t: int) -> np.ndarray:
+        """Indices of the rows of terminal ``t`` (in their original order)."""
+        lo, hi = np.searchsorted(self.sorted, [t, t + 1])
+        return self.order[lo:hi]
+
+
 @dataclass
 class DayState:
     """What carries from one day to the next (bounded, independent of trial length)."""
@@ -339,6 +352,7 @@ class DayGenerator:
         day_end = day0 + DAY
         episodes = w.episodes_on(d)
         base = self._legit(rng, d)
+        by_term = self._by_term = ByTerm(base["term"])
         by_beh: dict[str, list] = {}
         for e in episodes:
             by_beh.setdefault(e.behaviour, []).append(e)
@@ -346,7 +360,7 @@ class DayGenerator:
         # per-row edits of legitimate rows by injected behaviours
         extra_rev = np.zeros(len(base["t"]))
         for e in by_beh.get("malfunction", []):
-            rows = np.flatnonzero(base["term"] == e.term)
+            rows = by_term.rows(e.term)
             p = e.params
             tech = _pick(rng, rows, p["tech"])
             base["resp"][tech] = np.where(rng.random(len(tech)) < 0.5, R["91"], R["96"])
@@ -354,7 +368,8 @@ class DayGenerator:
             base["skew"][rows] = rng.random(len(rows)) < p["skew"]
             base["dup_stan"][rows] = rng.random(len(rows)) < p["dup_stan"]
         for e in by_beh.get("fallback_abuse", []):
-            rows = np.flatnonzero((base["term"] == e.term) & base["chip"])
+            rows = by_term.rows(e.term)
+            rows = rows[base["chip"][rows]]
             hit = _pick(rng, rows, e.params["share"])
             manual = rng.random(len(hit)) < e.params["manual"]
             mag = np.array([E["80"], E["90"], E["02"]], dtype=np.int8)[
@@ -363,7 +378,7 @@ class DayGenerator:
             base["entry"][hit] = np.where(manual, E["01"], mag)
             base["resp"][hit] = 0
         for e in by_beh.get("mcc_mismatch", []):
-            rows = np.flatnonzero(base["term"] == e.term)
+            rows = by_term.rows(e.term)
             base["mcc"][_pick(rng, rows, e.params["share"])] = int(e.extra["mcc"])
 
         blocks = [base, *self._followups(rng, base, d, extra_rev)]
@@ -540,10 +555,18 @@ class DayGenerator:
         hour = self._hours(np.full(n, term), rng.random(n))
         return self.w.day_start(d) + hour * 3600 + rng.integers(0, 3600, size=n)
 
+    def _inside_op(self, rng, b: dict[str, np.ndarray], term: int) -> dict[str, np.ndarray]:
+        """An episode's rows moved after the terminal starts trading that day (their
+        spacing kept), and cut where it stops: the behaviour shows on every episode day."""
+        tm = self.w.term
+        if len(b["t"]) and b["t"].min() < tm["op_start"][term]:
+            b["t"] = b["t"] + (tm["op_start"][term] - b["t"].min()) + int(rng.integers(60, 3600))
+        return take(b, (b["t"] >= tm["op_start"][term]) & (b["t"] < tm["op_end"][term]))
+
     def _clone_rows(self, rng, e, base):
         """A second device with the same terminal id: its own customers, serial, STANs."""
         w = self.w
-        n_genuine = int((base["term"] == e.term).sum())
+        n_genuine = len(self._by_term.rows(e.term))
         n = max(1, rng.poisson(max(n_genuine, 3) * e.params["extra"]))
         t = self._times_open(rng, e.term, self._current_day, n)
         city = int(e.extra["city"])
@@ -553,7 +576,7 @@ class DayGenerator:
         term = np.full(n, e.term)
         amount = self._amounts(rng, term)
         entry = np.where(chip, _choice(rng, sc.CHIP_ENTRY, n, E), E["03"]).astype(np.int8)
-        return block(
+        clone = block(
             n,
             term=term,
             dev=1,
@@ -565,6 +588,7 @@ class DayGenerator:
             entry=entry,
             pin=self._pin(rng, entry, w.card_bin[card], amount),
         )
+        return self._inside_op(rng, clone, e.term)
 
     def _cash_out_rows(self, rng, e, d):
         p = e.params
@@ -620,8 +644,7 @@ class DayGenerator:
             pin=True,
         )
         out = concat([main, *parts])
-        ok = (out["t"] >= tm["op_start"][e.term]) & (out["t"] < tm["op_end"][e.term])
-        return take(out, ok)
+        return self._inside_op(rng, out, e.term)
 
     def _card_testing_rows(self, rng, e, d):
         p = e.params
@@ -630,11 +653,10 @@ class DayGenerator:
             n = max(3, rng.poisson(p["attempts"]))
             pans, bins = sequential_cards(rng, n)
             night = rng.random() < sc.CARD_TESTING_NIGHT
-            t0 = self.w.day_start(d) + (
-                int(rng.integers(0, 5 * 3600))
-                if night
-                else int(self._times_open(rng, e.term, d, 1)[0])
-            )
+            if night:
+                t0 = self.w.day_start(d) + int(rng.integers(0, 5 * 3600))
+            else:
+                t0 = int(self._times_open(rng, e.term, d, 1)[0])
             t = t0 + np.sort(rng.integers(0, int(p["minutes"] * 60), size=n))
             resp = np.where(
                 rng.random(n) < p["decline"], _choice(rng, sc.CARD_TESTING_CODES, n, R), 0
@@ -655,13 +677,13 @@ class DayGenerator:
             )
         b = concat(out)
         tm = self.w.term
-        return take(b, (b["t"] >= tm["op_start"][e.term]) & (b["t"] < tm["op_end"][e.term]))
+        return self._inside_op(rng, b, e.term)
 
     def _hotspot_rows(self, rng, e, base):
         """Stolen or counterfeit cards accepted here; each is reported later."""
         w = self.w
         share = e.params["share"]
-        n_genuine = int((base["term"] == e.term).sum())
+        n_genuine = len(self._by_term.rows(e.term))
         n = max(1, rng.poisson(max(n_genuine, 3) * share / (1 - share)))
         d = self._current_day
         card = rng.integers(0, len(w.card_pan), size=n)
@@ -678,7 +700,7 @@ class DayGenerator:
             amount, np.where(np.isfinite(self.cap_txn[e.term]), self.cap_txn[e.term], 5e6)
         ).astype(np.int64)
         t = self._times_open(rng, e.term, d, n)
-        return block(
+        stolen = block(
             n,
             term=term,
             t=t,
@@ -692,11 +714,12 @@ class DayGenerator:
             rep_type=np.where(counterfeit, 0, 1),
             rep_txn=rng.random(n) < e.params["with_txn"],
         )
+        return self._inside_op(rng, stolen, e.term)
 
     def _skim(self, rng, e, base, d) -> dict[str, np.ndarray]:
         """Cards read at a skimming terminal are misused days to weeks later elsewhere."""
         w, tm = self.w, self.w.term
-        rows = np.flatnonzero((base["term"] == e.term) & (base["rep_delay"] < 0))
+        rows = self._by_term.rows(e.term)
         pans, first = np.unique(base["pan"][rows], return_index=True)
         pick = rng.random(len(pans)) < e.params["share"]
         pans, visit = pans[pick], base["t"][rows[first[pick]]]
@@ -775,18 +798,19 @@ class DayGenerator:
         lac_tab = [tm["lac"]]
         mnc_tab = [tm["mnc"]]
         k_place = w.n_terms
+        by_term = ByTerm(term)
         for e in episodes:
             if e.behaviour not in ("relocation", "cloned_terminal"):
                 continue
-            mine = term == e.term
+            sel = by_term.rows(e.term)
             if e.behaviour == "cloned_terminal":
-                sel = mine & (rows["dev"] == 1)
+                sel = sel[rows["dev"][sel] == 1]
             else:
-                sel = mine & (rows["dev"] == 0) & (rng.random(n) < e.params["share"])
+                sel = sel[(rows["dev"][sel] == 0) & (rng.random(len(sel)) < e.params["share"])]
                 if e.params.get("travel") and rng.random() < e.params["travel"]:
                     noon = w.day_start(d) + 14 * 3600
-                    sel &= rows["t"] >= noon  # home in the morning, far away after lunch
-            k = int(sel.sum())
+                    sel = sel[rows["t"][sel] >= noon]  # home in the morning, far after lunch
+            k = len(sel)
             elat, elon = offset_km(
                 np.full(k, e.extra["lat"]),
                 np.full(k, e.extra["lon"]),

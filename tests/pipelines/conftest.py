@@ -68,7 +68,9 @@ def small_trial_db(tmp_path_factory, small_trial_landing):
 
     db = tmp_path_factory.mktemp("small_trial_db") / "trialguard.duckdb"
     settings = Settings.from_env(env={"TRIALGUARD_PAN_KEY": FIXTURE_PAN_KEY}, db=db)
-    report = ingest_paths(settings, [small_trial_landing])
+    # gate=False: this is set-up data for serve/backtest tests, not an ingest test;
+    # the Great Expectations gate would add ~15 s (test_flows runs it end to end).
+    report = ingest_paths(settings, [small_trial_landing], gate=False)
     assert report.ok, report.totals
     return db
 

@@ -72,7 +72,9 @@ def test_stricter_and_looser_candidates_make_flags_appear_and_disappear(live_db,
     assert any(b == "trial_limit_breach" for _, b in appeared)
     assert all(0 <= r["score"] <= 1 for r in report.appear)
     assert [n["night"] for n in report.nights] == [date(2025, 9, d) for d in range(1, 5)]
-    assert sum(n["candidate_new"] for n in report.nights) > sum(n["baseline_new"] for n in report.nights)
+    assert sum(n["candidate_new"] for n in report.nights) > sum(
+        n["baseline_new"] for n in report.nights
+    )
 
     # Looser: no caps at all, every code allowed -> the policy flags disappear.
     loose = tmp_path / "loose.toml"

@@ -107,7 +107,10 @@ def test_nightly_ingests_detects_records_and_reruns_identically(tmp_path, small_
     # Two nights later: the missed night is backfilled first, in order.
     out = flow(as_of=D1 + timedelta(days=3), landing=str(small_trial_landing), db=str(db),
                report=False)  # fmt: skip
-    assert list(out["counts"]["detect"]) == [str(D1 + timedelta(days=2)), str(D1 + timedelta(days=3))]
+    assert list(out["counts"]["detect"]) == [
+        str(D1 + timedelta(days=2)),
+        str(D1 + timedelta(days=3)),
+    ]
     con = connect(db, read_only=True)
     detected = con.execute(
         "SELECT as_of FROM runs WHERE command = 'run' AND status = 'succeeded' ORDER BY started_at"
