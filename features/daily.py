@@ -357,10 +357,11 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     """
     lf = card_testing_windows(enriched, config["card_testing"])
     lf = sequential_cards(lf, config["card_testing"])
+    # Joins do not keep row order; cumulative caps need time order.
+    lf = lf.sort("terminal_id", "txn_time", "txn_id")
     lf = lf.with_columns(daily_cap_breaches())
     technical = list(config["decline_families"]["technical"])
     lf = lf.with_columns(evidence_flags(technical))
-    lf = lf.sort("terminal_id", "txn_time", "txn_id")
     attrs = [
         pl.col("reg_merchant_id").first().alias("merchant_id"),
         pl.col("reg_registered_mcc").first().alias("registered_mcc"),

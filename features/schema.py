@@ -146,6 +146,8 @@ class Column:
         What the column means (used in docs and Data Docs).
     free_text : bool
         Whether the column is free text that is scanned for card numbers.
+    max_value : float or None
+        Largest allowed numeric value.
     """
 
     name: str
@@ -156,6 +158,7 @@ class Column:
     min_value: float | None = None
     description: str = ""
     free_text: bool = False
+    max_value: float | None = None
 
     @property
     def polars_type(self) -> pl.DataType:
@@ -214,8 +217,8 @@ TERMINALS = InputKind(
         Column("serial_number", "str", True, description="hardware serial bound at activation"),
         Column("merchant_name", "str", True, description="may be Chinese", free_text=True),
         Column("registered_mcc", "str", True, MCC_PATTERN, description="ISO 18245 / GB/T 20548"),
-        Column("registered_lat", "float", True, min_value=-90.0, description="WGS84 latitude of the registered address"),
-        Column("registered_lon", "float", True, min_value=-180.0, description="WGS84 longitude of the registered address"),
+        Column("registered_lat", "float", True, min_value=-90.0, max_value=90.0, description="WGS84 latitude of the registered address"),
+        Column("registered_lon", "float", True, min_value=-180.0, max_value=180.0, description="WGS84 longitude of the registered address"),
         Column("region_code", "str", True, r"[0-9]{6}", description="administrative division code"),
         Column("terminal_kind", "str", True, allowed=TERMINAL_KINDS),
         Column("terminal_model", "str", description="maker and model"),
@@ -255,8 +258,8 @@ TRANSACTIONS = InputKind(
         Column("rrn", "str", False, r"[0-9A-Za-z]{12}", description="DE37"),
         Column("original_txn_id", "str", description="purchase a refund/void/reversal refers to"),
         Column("device_serial", "str", description="serial reported by the device"),
-        Column("terminal_lat", "float", min_value=-90.0, description="reported GPS latitude"),
-        Column("terminal_lon", "float", min_value=-180.0, description="reported GPS longitude"),
+        Column("terminal_lat", "float", min_value=-90.0, max_value=90.0, description="reported GPS latitude"),
+        Column("terminal_lon", "float", min_value=-180.0, max_value=180.0, description="reported GPS longitude"),
         Column("cell_id", "str", description="MCC-MNC-LAC-CI"),
         Column("ip_address", "str"),
     ),
@@ -270,8 +273,8 @@ TERMINAL_EVENTS = InputKind(
         Column("event_time", "ts", True),
         Column("event_type", "str", True, allowed=EVENT_TYPES),
         Column("device_serial", "str"),
-        Column("lat", "float", min_value=-90.0),
-        Column("lon", "float", min_value=-180.0),
+        Column("lat", "float", min_value=-90.0, max_value=90.0),
+        Column("lon", "float", min_value=-180.0, max_value=180.0),
         Column("cell_id", "str"),
         Column("ip_address", "str"),
         Column("app_version", "str"),

@@ -22,8 +22,9 @@ Missed nights: if the last successful detection (``nightly`` or ``run``) is
 more than one day before ``as_of``, the days in between are detected first, in
 order, up to ``max_backfill_days`` (default 31); a longer gap fails the run with
 the exact ``trialguard run --from ... --to ...`` command to close it. With no
-earlier successful run, only ``as_of`` is detected. A date at or before the last
-success is a rerun of that date only.
+earlier successful run, the nights from the first trial start in the registry
+are the missed ones. A date at or before the last success is a rerun of that
+date only.
 """
 
 from __future__ import annotations
@@ -204,30 +205,50 @@ def last_detected_date(con) -> date | None:
     return row[0] if row else None
 
 
+def first_trial_date(con) -> date | None:
+    """The first night of any trial in the registry (``None`` with no registry).
+
+    The registry, not ``min(transactions.local_date)``: a terminal with a skewed
+    clock can report transactions dated 1970 or 2000 (detected as malfunction).
+    """
+    row = con.execute("SELECT min(trial_start) FROM terminals").fetchone()
+    return row[0] if row else None
+
+
 def dates_to_detect(
-    last_success: date | None, as_of: date, max_backfill_days: int = MAX_BACKFILL_DAYS
+    last_success: date | None,
+    as_of: date,
+    max_backfill_days: int = MAX_BACKFILL_DAYS,
+    first_data: date | None = None,
 ) -> list[date]:
     """The nights to detect, in order, so that no night since the last success is skipped.
+
+    With no successful detection yet, the nights from ``first_data`` (the first
+    night of any trial) are the missed ones.
 
     Examples
     --------
     >>> dates_to_detect(date(2026, 3, 11), date(2026, 3, 14))
     [datetime.date(2026, 3, 12), datetime.date(2026, 3, 13), datetime.date(2026, 3, 14)]
+    >>> dates_to_detect(None, date(2026, 3, 14), first_data=date(2026, 3, 13))
+    [datetime.date(2026, 3, 13), datetime.date(2026, 3, 14)]
     >>> dates_to_detect(None, date(2026, 3, 14))
     [datetime.date(2026, 3, 14)]
     >>> dates_to_detect(date(2026, 3, 20), date(2026, 3, 14))  # a rerun
     [datetime.date(2026, 3, 14)]
     """
+    if last_success is None and first_data is not None and first_data < as_of:
+        last_success = first_data - timedelta(days=1)
     if last_success is None or last_success >= as_of:
         return [as_of]
     gap = (as_of - last_success).days
     if gap > max_backfill_days:
         first = last_success + timedelta(days=1)
         raise ValueError(
-            f"the last successful detection was for {last_success}, {gap} days before "
-            f"{as_of}; the nightly run backfills at most {max_backfill_days} missed nights. "
-            f"Close the gap first with `trialguard run --from {first} --to "
-            f"{as_of - timedelta(days=1)}`, then rerun the nightly"
+            f"{gap} nights from {first} to {as_of} have not been detected; the nightly "
+            f"run detects at most {max_backfill_days} (--max-backfill-days). Close the gap "
+            f"first with `trialguard run --from {first} --to {as_of - timedelta(days=1)}`, "
+            "then rerun the nightly"
         )
     return [last_success + timedelta(days=i) for i in range(1, gap + 1)]
 
@@ -422,22 +443,24 @@ def _nightly_body(
         try:
             if not Path(landing).is_dir():  # not worth the I/O retries of the ingest task
                 landing_inputs(landing)
+            cfg = None
+            if config is not None:
+                from models.config import load_config
+
+                cfg = load_config(config)
             # 1. ingest: new landing files -> validate -> load (quarantine what fails)
             ingested = t["ingest"](settings, landing)
             inputs, counts["ingest"] = ingested["inputs"], ingested["counts"]
             # 2. detect: missed nights first, in date order, then as_of
             con = connect(settings.db_path)
             try:
-                days = dates_to_detect(last_detected_date(con), as_of, max_backfill_days)
+                days = dates_to_detect(
+                    last_detected_date(con), as_of, max_backfill_days, first_trial_date(con)
+                )
             finally:
                 con.close()
             if len(days) > 1:
                 logger.info("backfilling %d missed nights before %s", len(days) - 1, as_of)
-            cfg = None
-            if config is not None:
-                from models.config import load_config
-
-                cfg = load_config(config)
             counts["detect"] = {
                 str(d): t["detect"](settings, d, cfg, f"{run_id}-detect-{d}") for d in days
             }

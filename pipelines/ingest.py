@@ -423,6 +423,11 @@ def stage_sql(kind: InputKind, names: Sequence[str], tz: str, has_key: bool) -> 
                 f"CASE WHEN {t} < {col.min_value!r} THEN '{col.name} ' || {_quoted_value(r)} || "
                 f"' is below the minimum {col.min_value:g}' END"
             )
+        if col.max_value is not None and col.dtype in ("int", "float"):
+            reasons.append(
+                f"CASE WHEN {t} > {col.max_value!r} THEN '{col.name} ' || {_quoted_value(r)} || "
+                f"' is above the maximum {col.max_value:g}' END"
+            )
     for group in kind.one_of:
         cond = " AND ".join(f"{_raw(c)} IS NULL" for c in group)
         reasons.append(

@@ -13,7 +13,7 @@ Suites per kind (stored columns, ``pan`` excluded):
 * required columns (and ``card_token``, ``card_bin``, ``card_last4`` for kinds
   that carry a card) are not null;
 * enumerated columns take listed values; patterned text columns match their
-  pattern; numeric columns respect their minimum;
+  pattern; numeric columns respect their minimum and maximum;
 * the table key is unique.
 
 Data Docs are rendered by a file context rooted at ``settings.data_docs_dir``
@@ -91,10 +91,10 @@ def expectation_specs(kind: InputKind) -> list[tuple[str, dict[str, Any]]]:
                     {"column": col.name, "regex": f"^(?:{col.pattern})$"},
                 )
             )
-        if col.min_value is not None and col.dtype in ("int", "float"):
-            specs.append(
-                ("ExpectColumnValuesToBeBetween", {"column": col.name, "min_value": col.min_value})
-            )
+        bounds = {"min_value": col.min_value, "max_value": col.max_value}
+        if col.dtype in ("int", "float") and any(v is not None for v in bounds.values()):
+            limits = {k: v for k, v in bounds.items() if v is not None}
+            specs.append(("ExpectColumnValuesToBeBetween", {"column": col.name, **limits}))
     if len(key) == 1:
         specs.append(("ExpectColumnValuesToBeUnique", {"column": key[0]}))
     elif key:

@@ -85,11 +85,16 @@ def main(args: argparse.Namespace, settings: object) -> int:
             min_per_behaviour=args.min_per_behaviour,
             on_day=lambda day, n: bar.advance(f"{day}: {n:,} transactions"),
         )
+    c = report.counts
     print_summary(
         "simulate",
         {
-            **report.counts,
-            "landing": str(report.landing),
+            "terminals (registry rows)": f"{args.terminals:,} ({c['terminals']:,})",
+            "transactions": c["transactions"],
+            "terminal events": c["terminal_events"],
+            "fraud reports": c["fraud_reports"],
+            "truth episodes": c["truth_episodes"],
+            "landing (ingest this)": str(report.landing),
             "truth": str(report.out_dir / "truth.csv"),
         },
     )

@@ -592,7 +592,6 @@ class DayGenerator:
 
     def _cash_out_rows(self, rng, e, d):
         p = e.params
-        tm = self.w.term
         n = max(1, rng.poisson(p["per_day"]))
         pans, bins = e.extra["pans"], e.extra["bins"]
         k = rng.integers(0, len(pans), size=n)
@@ -676,7 +675,6 @@ class DayGenerator:
                 )
             )
         b = concat(out)
-        tm = self.w.term
         return self._inside_op(rng, b, e.term)
 
     def _hotspot_rows(self, rng, e, base):

@@ -159,7 +159,7 @@ POLICIES: dict[str, dict[str, object]] = {
 #: A policy id some registry rows carry but policies.toml does not define
 #: (such terminals are judged under ``default``).
 UNKNOWN_POLICY_ID = "pilot_2025q3"
-UNKNOWN_POLICY_SHARE = 0.02
+UNKNOWN_POLICY_SHARE = 0.08  # of the terminals on the default policy
 #: How the acquirer sizes a policy: typical daily amount and count times this
 #: headroom must fit under the caps.
 POLICY_HEADROOM = 2.5

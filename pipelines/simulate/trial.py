@@ -207,8 +207,9 @@ class WriteReport:
     landing: Path
     files: list[Path]
     counts: dict[str, int]
-    #: seconds spent building the world, generating days, judging the derived
-    #: truth, and waiting for the writer thread (writing overlaps generation)
+    #: seconds spent building the world, generating days, judging the derived truth
+    #: (in the writer thread) and waiting for the writer thread (writing and
+    #: judging day d overlap generating day d + 1)
     seconds: dict[str, float] = field(default_factory=dict)
     #: most transactions written for one day (memory is bounded by one day)
     max_day_rows: int = 0
@@ -233,9 +234,24 @@ def _write_table(
     path.write_bytes(text.encode(encoding))
 
 
-def _write_day(day_out: DayOutput, path: Path, fmt: str, offset: bool, events: _Appender) -> None:
+def _write_day(
+    day_out: DayOutput,
+    path: Path,
+    fmt: str,
+    offset: bool,
+    events: _Appender,
+    judge: Judge,
+    day: date,
+) -> float:
+    """Write one day's files and judge its rows (in the writer thread, days in order).
+
+    Returns the seconds the judge took.
+    """
     _write_table(day_out.transactions, path, fmt, offset=offset)
     events.write(day_out.events)
+    t0 = time.perf_counter()
+    judge.day(day_out.rows, day)
+    return time.perf_counter() - t0
 
 
 class _Appender:
@@ -303,8 +319,8 @@ def write_trial(
     secs = {"world": time.perf_counter() - t0, "generate": 0.0, "write": 0.0, "truth": 0.0}
     max_day = 0
     days_iter = _days(world, seed)
-    # one writer thread: day d is written while day d + 1 is generated (polars and
-    # numpy release the GIL); at most two days are in memory
+    # one writer thread: day d is written and judged while day d + 1 is generated
+    # (polars and numpy release the GIL); at most two days are in memory
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
@@ -313,18 +329,15 @@ def write_trial(
                 day, day_out = next(days_iter)
                 t2 = time.perf_counter()
                 reports.append(day_out.reports)
-                judge.day(day_out.rows, day)
-                t3 = time.perf_counter()
                 if pending is not None:
-                    pending.result()
-                t4 = time.perf_counter()
+                    secs["truth"] += pending.result()
+                t3 = time.perf_counter()
                 path = landing / "transactions" / f"transactions_{day.isoformat()}.{ext}"
                 offset = d % sc.OFFSET_FILE_EVERY == 3
-                pending = pool.submit(_write_day, day_out, path, fmt, offset, events)
+                pending = pool.submit(_write_day, day_out, path, fmt, offset, events, judge, day)
                 files.append(path)
                 secs["generate"] += t2 - t1
-                secs["truth"] += t3 - t2
-                secs["write"] += t4 - t3  # time spent waiting for the writer
+                secs["write"] += t3 - t2  # time spent waiting for the writer
                 counts["transactions"] += day_out.transactions.height
                 counts["terminal_events"] += day_out.events.height
                 max_day = max(max_day, day_out.transactions.height)
@@ -333,7 +346,7 @@ def write_trial(
                 del day_out
             if pending is not None:
                 t4 = time.perf_counter()
-                pending.result()
+                secs["truth"] += pending.result()
                 secs["write"] += time.perf_counter() - t4
         finally:
             if pending is not None:

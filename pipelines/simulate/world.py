@@ -251,7 +251,7 @@ def build_world(
         else:
             policy[i] = DEFAULT_POLICY_ID
     policy_id = policy.copy()
-    unknown = (policy == DEFAULT_POLICY_ID) & (rng.random(n) < sc.UNKNOWN_POLICY_SHARE * 4)
+    unknown = (policy == DEFAULT_POLICY_ID) & (rng.random(n) < sc.UNKNOWN_POLICY_SHARE)
     policy_id[unknown] = sc.UNKNOWN_POLICY_ID
     # sloppy staff keep selling an hour past the policy's closing hour
     for i in np.flatnonzero(sloppy & ~is24):

@@ -15,7 +15,7 @@ from pipelines.detect import run_range
 from pipelines.settings import Settings
 from pipelines.storage import connect
 
-D1, D4 = date(2025, 9, 1), date(2025, 9, 4)
+D1, D2, D3, D4 = (date(2025, 9, d) for d in range(1, 5))
 LIVE_TABLES = ("flags", "dispositions", "runs", "at_risk_cards", "terminal_day", "policies")
 
 
@@ -67,11 +67,11 @@ def test_stricter_and_looser_candidates_make_flags_appear_and_disappear(live_db,
     strict.write_text(
         "".join(f"[policies.{pid}]\nmax_daily_txn_count = 1\n\n" for pid in ids), encoding="utf-8"
     )
-    report = backtest(live_db, strict, D1, D4)
+    report = backtest(live_db, strict, D2, D3)
     appeared = {(r["terminal_id"], r["behaviour"]) for r in report.appear}
     assert any(b == "trial_limit_breach" for _, b in appeared)
     assert all(0 <= r["score"] <= 1 for r in report.appear)
-    assert [n["night"] for n in report.nights] == [date(2025, 9, d) for d in range(1, 5)]
+    assert [n["night"] for n in report.nights] == [D2, D3]
     assert sum(n["candidate_new"] for n in report.nights) > sum(
         n["baseline_new"] for n in report.nights
     )
@@ -89,7 +89,7 @@ def test_stricter_and_looser_candidates_make_flags_appear_and_disappear(live_db,
         ),
         encoding="utf-8",
     )
-    report = backtest(live_db, loose, D1, D4)
+    report = backtest(live_db, loose, D2, D3)
     gone = {b for _, b in ((r["terminal_id"], r["behaviour"]) for r in report.disappear)}
     assert gone & {"trial_limit_breach", "disallowed_use"}
     assert not any(r["behaviour"] == "trial_limit_breach" for r in report.appear)

@@ -49,7 +49,10 @@ def _nightly_rows(db: Path) -> list[dict]:
 def test_dates_to_detect_refuses_a_long_gap_with_the_command_to_close_it():
     with pytest.raises(ValueError, match=r"trialguard run --from 2026-01-02 --to 2026-03-13"):
         dates_to_detect(date(2026, 1, 1), date(2026, 3, 14), max_backfill_days=31)
-    assert len(dates_to_detect(date(2026, 1, 1), date(2026, 2, 1), max_backfill_days=31)) == 31
+    with pytest.raises(ValueError, match=r"trialguard run --from 2026-01-01 --to 2026-03-13"):
+        dates_to_detect(None, date(2026, 3, 14), max_backfill_days=31, first_data=date(2026, 1, 1))
+    days = dates_to_detect(date(2026, 1, 1), date(2026, 2, 1), max_backfill_days=31)
+    assert days == [date(2026, 1, 2) + timedelta(days=i) for i in range(31)]
 
 
 @pytest.mark.usefixtures("prefect_harness", "pan_key_env")
@@ -76,7 +79,8 @@ def test_nightly_ingests_detects_records_and_reruns_identically(tmp_path, small_
     assert counts["ingest"]["files_new"] == len(on_disk)
     assert counts["ingest"]["accepted"] > 0
     assert counts["ingest"]["files_rejected"] == 0
-    assert list(counts["detect"]) == [str(D1 + timedelta(days=1))]
+    # No earlier detection: the nights from the first day with data are detected, in order.
+    assert list(counts["detect"]) == [str(D1), str(D1 + timedelta(days=1))]
     assert counts["detect"][str(D1 + timedelta(days=1))]["transactions"] > 0
     assert run["code_version"] and run["config_version"] and run["policy_version"] != "none"
     assert run["duration_s"] > 0

@@ -137,6 +137,42 @@ def test_quarantine_reasons_in_words(settings, tmp_path):
     assert raw["pan"] == "4111 1*********1111"
 
 
+def test_coordinates_out_of_range_are_quarantined(settings, tmp_path):
+    rows = inp.transactions(4, inp.make_pans(4))
+    rows[0]["terminal_lat"], rows[0]["terminal_lon"] = "90", "-180"  # the bounds are allowed
+    rows[1]["terminal_lat"] = "90.5"
+    rows[2]["terminal_lon"] = "180.01"
+    rows[3]["terminal_lon"] = "-181"
+    reg = inp.terminals(2)
+    reg[1]["registered_lat"] = "-91"
+    ev = inp.events(2)
+    ev[1]["lat"] = "123.4"
+    report = ingest_paths(
+        settings,
+        [
+            inp.write(rows, tmp_path / "tx.csv"),
+            inp.write(reg, tmp_path / "reg.csv"),
+            inp.write(ev, tmp_path / "ev.jsonl", "jsonl"),
+        ],
+        gate=False,
+    )
+    counts = {Path(f.path).name: (f.accepted, f.quarantined) for f in report.files}
+    assert counts["tx.csv"] == (1, 3) and counts["reg.csv"] == (1, 1)
+    assert counts["ev.jsonl"] == (1, 1)
+    reasons = dict(
+        rows_of(settings, "SELECT source_path || ':' || line_no, reason FROM quarantine")
+    )
+    by_name = {Path(k).name: v for k, v in reasons.items()}
+    assert by_name["tx.csv:3"] == "terminal_lat '90.5' is above the maximum 90"
+    assert by_name["tx.csv:4"] == "terminal_lon '180.01' is above the maximum 180"
+    assert by_name["tx.csv:5"] == "terminal_lon '-181' is below the minimum -180"
+    assert by_name["reg.csv:3"] == "registered_lat '-91' is below the minimum -90"
+    assert by_name["ev.jsonl:2"] == "lat '123.4' is above the maximum 90"
+    assert rows_of(settings, "SELECT terminal_lat, terminal_lon FROM transactions") == [
+        (90.0, -180.0)
+    ]
+
+
 def test_card_token_rows_need_bin_and_last4(settings, tmp_path):
     rows = inp.transactions(2, ["0"])
     for r in rows:
@@ -237,6 +273,25 @@ def test_free_text_card_numbers_are_redacted_and_counted(settings, tmp_path):
     assert got[0][0] == "card [PAN-REDACTED] read"
     assert got[1][0] == "merchant 123456789012345 ok"
     assert json.loads(got[2][1]) == {"sim_note": "x[PAN-REDACTED]"}
+
+
+def test_luhn_valid_merchant_id_is_kept_but_redacted_in_free_text(settings, tmp_path):
+    merchant_id = inp.luhn_complete("10231005411000")  # 15 digits that pass Luhn
+    reg = inp.terminals(1)
+    reg[0]["merchant_id"] = merchant_id
+    reg[0]["merchant_name"] = f"shop {merchant_id}"
+    tx = inp.transactions(1, inp.make_pans(1))
+    tx[0]["merchant_id"] = merchant_id
+    report = ingest_paths(
+        settings,
+        [inp.write(reg, tmp_path / "reg.csv"), inp.write(tx, tmp_path / "t.csv")],
+        gate=False,
+    )
+    assert report.totals["pan_redactions"] == 1 and report.totals["accepted"] == 3
+    assert rows_of(settings, "SELECT merchant_id, merchant_name FROM terminals") == [
+        (merchant_id, "shop [PAN-REDACTED]")
+    ]
+    assert rows_of(settings, "SELECT merchant_id FROM transactions") == [(merchant_id,)]
 
 
 def test_unreadable_files_are_rejected_and_the_rest_loaded(settings, tmp_path):
