@@ -81,15 +81,27 @@ def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
         .when(hit_b)
         .then(pl.col("wcards_b"))
         .alias("testing_cards_row"),
-        pl.when(hit_a).then(pl.col("wdecl_a")).when(hit_b).then(pl.col("wdecl_b")).alias(
-            "testing_decl_row"
-        ),
-        pl.when(hit_a).then(pl.col("wmed_a")).when(hit_b).then(pl.col("wmed_b")).alias(
-            "testing_med_row"
-        ),
+        pl.when(hit_a)
+        .then(pl.col("wdecl_a"))
+        .when(hit_b)
+        .then(pl.col("wdecl_b"))
+        .alias("testing_decl_row"),
+        pl.when(hit_a)
+        .then(pl.col("wmed_a"))
+        .when(hit_b)
+        .then(pl.col("wmed_b"))
+        .alias("testing_med_row"),
     ).drop(
-        "bucket_a", "bucket_b", "wcards_a", "wcards_b", "wdecl_a", "wdecl_b", "wmed_a", "wmed_b",
-        "whit_a", "whit_b",
+        "bucket_a",
+        "bucket_b",
+        "wcards_a",
+        "wcards_b",
+        "wdecl_a",
+        "wdecl_b",
+        "wmed_a",
+        "wmed_b",
+        "whit_a",
+        "whit_b",
     )
 
 
@@ -127,9 +139,7 @@ def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     cards = cards.with_columns(member.alias("sequential_card")).select(
         "terminal_id", "local_date", "card_bin", "card_last4", "sequential_card"
     )
-    out = lf.join(
-        cards, on=["terminal_id", "local_date", "card_bin", "card_last4"], how="left"
-    )
+    out = lf.join(cards, on=["terminal_id", "local_date", "card_bin", "card_last4"], how="left")
     return out.with_columns(pl.col("sequential_card").fill_null(False))
 
 
@@ -141,12 +151,12 @@ def daily_cap_breaches() -> list[pl.Expr]:
     cum_count = cap.cast(pl.Int64).cum_sum().over(day)
     cum_card = cap.cast(pl.Int64).cum_sum().over([*day, "card_token"])
     return [
-        (cap & (cum_amount > pl.col("max_daily_amount_minor"))).fill_null(False).alias(
-            "over_daily_amount"
-        ),
-        (cap & (cum_count > pl.col("max_daily_txn_count"))).fill_null(False).alias(
-            "over_daily_count"
-        ),
+        (cap & (cum_amount > pl.col("max_daily_amount_minor")))
+        .fill_null(False)
+        .alias("over_daily_amount"),
+        (cap & (cum_count > pl.col("max_daily_txn_count")))
+        .fill_null(False)
+        .alias("over_daily_count"),
         (cap & pl.col("card_token").is_not_null() & (cum_card > pl.col("max_same_card_per_day")))
         .fill_null(False)
         .alias("over_same_card"),
@@ -166,7 +176,10 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
         ).alias("ev_cloned_terminal"),
         (pl.col("mcc_mismatch") | pl.col("mcc_switch")).alias("ev_mcc_mismatch"),
         (
-            (pl.col("approved") & (pl.col("round_amount") | (pl.col("night") & pl.col("credit_card"))))
+            (
+                pl.col("approved")
+                & (pl.col("round_amount") | (pl.col("night") & pl.col("credit_card")))
+            )
             | pl.col("just_under_cap")
             | pl.col("same_card_burst")
             | pl.col("refund_unmatched")
@@ -249,9 +262,11 @@ def aggregate_expressions() -> list[pl.Expr]:
         _count("same_card_burst").alias("n_same_card_bursts"),
         declined.cast(pl.Float64).mean().alias("decline_rate"),
         *[
-            (pl.col("decline_family") == fam).fill_null(False).cast(pl.Float64).mean().alias(
-                f"decline_{fam}_rate"
-            )
+            (pl.col("decline_family") == fam)
+            .fill_null(False)
+            .cast(pl.Float64)
+            .mean()
+            .alias(f"decline_{fam}_rate")
             for fam in ("card", "pin", "funds", "technical")
         ],
         _count((pl.col("decline_family") == "technical").fill_null(False)).alias("n_technical"),
@@ -305,9 +320,11 @@ def aggregate_expressions() -> list[pl.Expr]:
         pl.col("testing_cards_row").max().cast(pl.Int64).alias("testing_cards"),
         pl.col("testing_decl_row").max().alias("testing_decline_rate"),
         pl.col("testing_med_row").min().cast(pl.Float64).alias("testing_median_amount"),
-        pl.col("card_token").filter(pl.col("sequential_card")).n_unique().cast(pl.Int64).alias(
-            "n_sequential_cards"
-        ),
+        pl.col("card_token")
+        .filter(pl.col("sequential_card"))
+        .n_unique()
+        .cast(pl.Int64)
+        .alias("n_sequential_cards"),
     ]
 
 

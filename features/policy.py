@@ -73,7 +73,9 @@ def policy_row(policy_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
             )
         start, end = (_minutes(h, policy_id) for h in hours)
         # A window from a time to the same time is all day.
-        row["hours_start_min"], row["hours_end_min"] = (None, None) if start == end else (start, end)
+        row["hours_start_min"], row["hours_end_min"] = (
+            (None, None) if start == end else (start, end)
+        )
     else:
         row["hours_start_min"] = row["hours_end_min"] = None
     geofence = body.get("geofence_m") or {}
@@ -83,7 +85,9 @@ def policy_row(policy_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def policy_frame(policies: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any]) -> pl.DataFrame:
+def policy_frame(
+    policies: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any]
+) -> pl.DataFrame:
     """Every policy as one row; ``default`` is used when no ``default`` policy is given.
 
     Parameters

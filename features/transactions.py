@@ -158,25 +158,29 @@ def night(start_hour: int, end_hour: int) -> pl.Expr:
 
 def round_amount(round_minor: int) -> pl.Expr:
     """Approved amount that is a whole multiple of ``round_minor`` (e.g. 100 yuan)."""
-    return (
-        (pl.col("amount_minor") > 0) & (pl.col("amount_minor") % round_minor == 0)
-    ).alias("round_amount")
+    return ((pl.col("amount_minor") > 0) & (pl.col("amount_minor") % round_minor == 0)).alias(
+        "round_amount"
+    )
 
 
 def just_under_cap(pct: float) -> pl.Expr:
     """Cap-counting amount within ``pct`` below the per-transaction cap."""
     cap = pl.col("max_txn_amount_minor")
     a = pl.col("amount_minor")
-    return (pl.col("cap_txn") & (a <= cap) & (a >= cap * (1.0 - pct))).fill_null(False).alias(
-        "just_under_cap"
+    return (
+        (pl.col("cap_txn") & (a <= cap) & (a >= cap * (1.0 - pct)))
+        .fill_null(False)
+        .alias("just_under_cap")
     )
 
 
 def over_txn_cap() -> pl.Expr:
     """Cap-counting amount above the per-transaction cap."""
-    return (pl.col("cap_txn") & (pl.col("amount_minor") > pl.col("max_txn_amount_minor"))).fill_null(
-        False
-    ).alias("over_txn_cap")
+    return (
+        (pl.col("cap_txn") & (pl.col("amount_minor") > pl.col("max_txn_amount_minor")))
+        .fill_null(False)
+        .alias("over_txn_cap")
+    )
 
 
 def credit_card() -> pl.Expr:
@@ -186,23 +190,29 @@ def credit_card() -> pl.Expr:
 
 def disallowed_card_type() -> pl.Expr:
     """Card type the policy does not allow (absent list = all allowed)."""
-    return (~pl.col("allowed_card_types").list.contains(pl.col("card_type"))).fill_null(
-        False
-    ).alias("disallowed_card_type")
+    return (
+        (~pl.col("allowed_card_types").list.contains(pl.col("card_type")))
+        .fill_null(False)
+        .alias("disallowed_card_type")
+    )
 
 
 def disallowed_txn_type() -> pl.Expr:
     """Transaction type the policy does not allow."""
-    return (~pl.col("allowed_txn_types").list.contains(pl.col("txn_type"))).fill_null(
-        False
-    ).alias("disallowed_txn_type")
+    return (
+        (~pl.col("allowed_txn_types").list.contains(pl.col("txn_type")))
+        .fill_null(False)
+        .alias("disallowed_txn_type")
+    )
 
 
 def disallowed_entry_mode() -> pl.Expr:
     """Entry mode the policy does not allow."""
-    return (~pl.col("allowed_entry_modes").list.contains(pl.col("entry_mode"))).fill_null(
-        False
-    ).alias("disallowed_entry_mode")
+    return (
+        (~pl.col("allowed_entry_modes").list.contains(pl.col("entry_mode")))
+        .fill_null(False)
+        .alias("disallowed_entry_mode")
+    )
 
 
 def fallback_entry(entry_modes: list[str]) -> pl.Expr:
@@ -231,8 +241,10 @@ def distance_km() -> pl.Expr:
 
 def outside_geofence() -> pl.Expr:
     """Reported location farther from the registered address than the policy's geofence."""
-    return (pl.col("distance_km") * 1000.0 > pl.col("geofence_m")).fill_null(False).alias(
-        "outside_geofence"
+    return (
+        (pl.col("distance_km") * 1000.0 > pl.col("geofence_m"))
+        .fill_null(False)
+        .alias("outside_geofence")
     )
 
 
@@ -246,8 +258,10 @@ def mcc_mismatch(check_mid: bool = True) -> pl.Expr:
 
 def serial_mismatch() -> pl.Expr:
     """Device serial reported in the message differs from the registered serial."""
-    return (pl.col("device_serial") != pl.col("reg_serial_number")).fill_null(False).alias(
-        "serial_mismatch"
+    return (
+        (pl.col("device_serial") != pl.col("reg_serial_number"))
+        .fill_null(False)
+        .alias("serial_mismatch")
     )
 
 
@@ -329,9 +343,11 @@ def hop_speed_kmh() -> pl.Expr:
 
 def impossible_hop(max_speed_kmh: float, min_jump_km: float) -> pl.Expr:
     """A hop faster than ``max_speed_kmh`` over at least ``min_jump_km``."""
-    return ((pl.col("hop_speed_kmh") > max_speed_kmh) & (pl.col("hop_km") >= min_jump_km)).fill_null(
-        False
-    ).alias("impossible_hop")
+    return (
+        ((pl.col("hop_speed_kmh") > max_speed_kmh) & (pl.col("hop_km") >= min_jump_km))
+        .fill_null(False)
+        .alias("impossible_hop")
+    )
 
 
 def _switches(col: str) -> tuple[pl.Expr, pl.Expr]:
@@ -367,8 +383,10 @@ def cell_back_switch() -> pl.Expr:
 
 def mcc_switch() -> pl.Expr:
     """Message MCC differs from the terminal's previous message MCC."""
-    return (pl.col("mcc") != pl.col("mcc").shift(1).over("terminal_id")).fill_null(False).alias(
-        "mcc_switch"
+    return (
+        (pl.col("mcc") != pl.col("mcc").shift(1).over("terminal_id"))
+        .fill_null(False)
+        .alias("mcc_switch")
     )
 
 
@@ -382,9 +400,9 @@ def stan_out_of_order() -> pl.Expr:
 def stan_repeat() -> pl.Expr:
     """STAN seen before on the same terminal the same day with the same amount and card."""
     keys = ["terminal_id", "local_date", "stan", "amount_minor", "card_token"]
-    return (
-        pl.col("stan").is_not_null() & (pl.int_range(pl.len()).over(keys) > 0)
-    ).alias("stan_repeat")
+    return (pl.col("stan").is_not_null() & (pl.int_range(pl.len()).over(keys) > 0)).alias(
+        "stan_repeat"
+    )
 
 
 def stan_conflict() -> pl.Expr:
@@ -404,9 +422,11 @@ def same_card_burst(k: int, window_s: int) -> pl.Expr:
     """
     keys = ["terminal_id", "card_token", "cap_txn"]
     gap = (pl.col("txn_time") - pl.col("txn_time").shift(k - 1).over(keys)).dt.total_seconds()
-    return (pl.col("cap_txn") & pl.col("card_token").is_not_null() & (gap <= window_s)).fill_null(
-        False
-    ).alias("same_card_burst")
+    return (
+        (pl.col("cap_txn") & pl.col("card_token").is_not_null() & (gap <= window_s))
+        .fill_null(False)
+        .alias("same_card_burst")
+    )
 
 
 def enrich_transactions(
@@ -480,6 +500,4 @@ def enrich_transactions(
         same_card_burst(int(co["same_card_burst"]), int(co["same_card_window_s"])),
     )
     lf = lf.with_columns(hop_speed_kmh())
-    return lf.with_columns(
-        impossible_hop(float(rel["max_speed_kmh"]), float(rel["min_jump_km"]))
-    )
+    return lf.with_columns(impossible_hop(float(rel["max_speed_kmh"]), float(rel["min_jump_km"])))

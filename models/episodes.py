@@ -120,19 +120,31 @@ def _merge_day(
     det = det.group_by("terminal_id", "behaviour", maintain_order=True).agg(
         pl.col("score").max(),
         pl.col("reasons").sort_by("score", descending=True).first(),
-        pl.col("evidence").list.explode(keep_nulls=False, empty_as_null=False).unique(maintain_order=True).head(MAX_EVIDENCE),
+        pl.col("evidence")
+        .list.explode(keep_nulls=False, empty_as_null=False)
+        .unique(maintain_order=True)
+        .head(MAX_EVIDENCE),
     )
     cand = (
         det.select("terminal_id", "behaviour")
         .join(flags, on=["terminal_id", "behaviour"], how="inner")
         .filter(
-            (pl.col("last_seen") >= pl.lit(day - gap)) & (pl.col("first_seen") <= pl.lit(day + gap))
+            (pl.col("last_seen") >= pl.lit(day - gap))
+            & (pl.col("first_seen") <= pl.lit(day + gap))
         )
-        .sort("terminal_id", "behaviour", "last_seen", "flag_id", descending=[False, False, True, False])
+        .sort(
+            "terminal_id",
+            "behaviour",
+            "last_seen",
+            "flag_id",
+            descending=[False, False, True, False],
+        )
         .group_by("terminal_id", "behaviour", maintain_order=True)
         .first()
     )
-    old = cand.rename({c: f"old_{c}" for c in cand.columns if c not in ("terminal_id", "behaviour")})
+    old = cand.rename(
+        {c: f"old_{c}" for c in cand.columns if c not in ("terminal_id", "behaviour")}
+    )
     m = det.join(old, on=["terminal_id", "behaviour"], how="left")
     has_old = pl.col("old_flag_id").is_not_null()
     new_wins = ~has_old | (pl.col("score") >= pl.col("old_score"))
@@ -150,8 +162,13 @@ def _merge_day(
         pl.max_horizontal("score", "old_score").alias("score"),
         pl.min_horizontal(pl.col("old_first_seen"), pl.lit(day)).alias("first_seen"),
         pl.max_horizontal(pl.col("old_last_seen"), pl.lit(day)).alias("last_seen"),
-        pl.when(new_wins).then(pl.col("reasons")).otherwise(pl.col("old_reasons")).alias("reasons"),
-        pl.concat_list(pl.col("old_evidence").fill_null(pl.lit([], dtype=pl.List(pl.String))), "evidence")
+        pl.when(new_wins)
+        .then(pl.col("reasons"))
+        .otherwise(pl.col("old_reasons"))
+        .alias("reasons"),
+        pl.concat_list(
+            pl.col("old_evidence").fill_null(pl.lit([], dtype=pl.List(pl.String))), "evidence"
+        )
         .list.unique(maintain_order=True)
         .list.head(MAX_EVIDENCE)
         .alias("evidence"),
@@ -170,9 +187,11 @@ def _merge_day(
             .with_columns(pl.coalesce("merchant_id", "_mid").alias("merchant_id"))
             .drop("_mid")
         )
-    return out.with_columns(severity(pl.col("score"), config).alias("severity")).select(
-        FLAG_FRAME_SCHEMA.names()
-    ).cast(dict(FLAG_FRAME_SCHEMA))
+    return (
+        out.with_columns(severity(pl.col("score"), config).alias("severity"))
+        .select(FLAG_FRAME_SCHEMA.names())
+        .cast(dict(FLAG_FRAME_SCHEMA))
+    )
 
 
 def merge_detections(

@@ -648,8 +648,15 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     ]
 
 
-_SYMPTOMS = ("n_txn", "n_cap", "n_technical", "n_reversal", "n_stan_repeat", "n_stan_conflict",
-             "n_implausible_time")
+_SYMPTOMS = (
+    "n_txn",
+    "n_cap",
+    "n_technical",
+    "n_reversal",
+    "n_stan_repeat",
+    "n_stan_conflict",
+    "n_implausible_time",
+)
 
 
 CHECKS = {
@@ -682,7 +689,10 @@ def _reason(check: Check) -> pl.Expr:
 
 
 def behaviour_detections(
-    day: pl.LazyFrame, behaviour: str, checks: list[Check], fire: pl.Expr | None = None,
+    day: pl.LazyFrame,
+    behaviour: str,
+    checks: list[Check],
+    fire: pl.Expr | None = None,
     score: pl.Expr | None = None,
 ) -> pl.LazyFrame:
     """Rows of ``day`` where ``behaviour`` is detected, as :data:`DETECTION_SCHEMA` columns.
@@ -690,8 +700,10 @@ def behaviour_detections(
     ``fire`` / ``score`` override "any firing check" / noisy-OR of the checks.
     """
     hits = [c.when.fill_null(False) for c in checks]
-    fired = fire if fire is not None else pl.any_horizontal(
-        [h for h, c in zip(hits, checks, strict=True) if c.fires]
+    fired = (
+        fire
+        if fire is not None
+        else pl.any_horizontal([h for h, c in zip(hits, checks, strict=True) if c.fires])
     )
     if score is None:
         miss = [
@@ -701,16 +713,13 @@ def behaviour_detections(
         # noisy-OR: 1 - prod(1 - s_i), the product as exp(sum(log)).
         score = 1.0 - pl.sum_horizontal([m.log() for m in miss]).exp()
     reasons = pl.concat_list([_reason(c) for c in checks]).list.drop_nulls()
-    return (
-        day.filter(fired.fill_null(False))
-        .select(
-            "terminal_id",
-            pl.lit(behaviour).alias("behaviour"),
-            pl.col("local_date").alias("day"),
-            score.clip(0.0, 1.0).cast(pl.Float64).alias("score"),
-            reasons.cast(pl.List(REASON_STRUCT)).alias("reasons"),
-            pl.col(f"ev_{behaviour}").cast(pl.List(pl.String)).alias("evidence"),
-        )
+    return day.filter(fired.fill_null(False)).select(
+        "terminal_id",
+        pl.lit(behaviour).alias("behaviour"),
+        pl.col("local_date").alias("day"),
+        score.clip(0.0, 1.0).cast(pl.Float64).alias("score"),
+        reasons.cast(pl.List(REASON_STRUCT)).alias("reasons"),
+        pl.col(f"ev_{behaviour}").cast(pl.List(pl.String)).alias("evidence"),
     )
 
 

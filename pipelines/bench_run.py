@@ -42,14 +42,18 @@ def synth_registry(n_terminals: int, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "terminal_id": [f"{x:08d}" for x in i],
-            "merchant_id": [f"100{3100 + x % 50:04d}{m}{x % 10000:04d}" for x, m in zip(i, mcc, strict=True)],
+            "merchant_id": [
+                f"100{3100 + x % 50:04d}{m}{x % 10000:04d}" for x, m in zip(i, mcc, strict=True)
+            ],
             "serial_number": [f"SN{x:010d}" for x in i],
             "merchant_name": "bench shop",
             "registered_mcc": mcc,
             "registered_lat": 31.2 + rng.uniform(-0.3, 0.3, n_terminals),
             "registered_lon": 121.4 + rng.uniform(-0.3, 0.3, n_terminals),
             "region_code": [f"3101{x % 20:02d}" for x in i],
-            "terminal_kind": rng.choice(np.array(["fixed_pos", "mobile_pos", "smart_pos"]), n_terminals),
+            "terminal_kind": rng.choice(
+                np.array(["fixed_pos", "mobile_pos", "smart_pos"]), n_terminals
+            ),
             "terminal_model": "B1",
             "channel_id": "CH1",
             "policy_id": "default",
@@ -102,7 +106,11 @@ def synth_day(registry: pl.DataFrame, n: int, day: date, seed: int) -> pl.DataFr
             "stan": pl.Series(np.arange(n) % 999999 + 1).cast(pl.String).str.pad_start(6, "0"),
             "rrn": None,
             "original_txn_id": None,
-            "device_serial": pl.Series(term).cast(pl.String).str.pad_start(10, "0").str.pad_start(12, "N").str.replace("^NN", "SN"),
+            "device_serial": pl.Series(term)
+            .cast(pl.String)
+            .str.pad_start(10, "0")
+            .str.pad_start(12, "N")
+            .str.replace("^NN", "SN"),
             "terminal_lat": lat,
             "terminal_lon": lon,
             "cell_id": "460-00-1-1",
@@ -171,7 +179,10 @@ def _child(db: Path, day: date) -> dict:
     env = {**os.environ, "POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", "2")}
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.bench_run", "--_measure", str(db), day.isoformat()],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -179,10 +190,15 @@ def _child(db: Path, day: date) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``trialguard bench run``."""
     parser.add_argument("--rows", type=int, default=10_000_000, help="transactions in the day")
-    parser.add_argument("--terminals", type=int, default=None,
-                        help="terminals (default rows / 50)")
-    parser.add_argument("--history-rows", type=int, default=None,
-                        help="rows a day for the day-5 vs day-60 comparison (default rows / 20)")
+    parser.add_argument(
+        "--terminals", type=int, default=None, help="terminals (default rows / 50)"
+    )
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=None,
+        help="rows a day for the day-5 vs day-60 comparison (default rows / 20)",
+    )
     parser.add_argument("--skip-history", action="store_true", help="only the one-day run")
     parser.add_argument("--workdir", default=None, help="folder for the benchmark databases")
 
@@ -199,11 +215,15 @@ def run(args: argparse.Namespace, settings) -> int:
     day = build_db(db, n, terminals, 1)
     report["generate_s"] = round(time.perf_counter() - t0, 1)
     one = _child(db, day)
-    report["one_day"] = {"wall_s": round(one["wall_s"], 2),
-                         "peak_rss_mib": round(one["peak_rss_mib"]),
-                         "rows_per_s": round(n / one["wall_s"])}
-    print(f"one day: {n:,} transactions over {terminals:,} terminals: "
-          f"{one['wall_s']:.1f} s, peak RSS {one['peak_rss_mib']:.0f} MiB")
+    report["one_day"] = {
+        "wall_s": round(one["wall_s"], 2),
+        "peak_rss_mib": round(one["peak_rss_mib"]),
+        "rows_per_s": round(n / one["wall_s"]),
+    }
+    print(
+        f"one day: {n:,} transactions over {terminals:,} terminals: "
+        f"{one['wall_s']:.1f} s, peak RSS {one['peak_rss_mib']:.0f} MiB"
+    )
     if not args.skip_history:
         hn = int(args.history_rows or max(n // 20, 1000))
         ht = max(hn // 50, 100)
@@ -212,11 +232,16 @@ def run(args: argparse.Namespace, settings) -> int:
             hdb = work / f"day{days}.duckdb"
             last = build_db(hdb, hn, ht, days)
             times[days] = _child(hdb, last)["wall_s"]
-            print(f"day {days}: {hn:,} transactions a day over {ht:,} terminals: "
-                  f"{times[days]:.2f} s")
-        report["history"] = {"rows_per_day": hn, "terminals": ht,
-                             "day5_s": round(times[5], 2), "day60_s": round(times[60], 2),
-                             "ratio": round(times[60] / times[5], 2)}
+            print(
+                f"day {days}: {hn:,} transactions a day over {ht:,} terminals: {times[days]:.2f} s"
+            )
+        report["history"] = {
+            "rows_per_day": hn,
+            "terminals": ht,
+            "day5_s": round(times[5], 2),
+            "day60_s": round(times[60], 2),
+            "ratio": round(times[60] / times[5], 2),
+        }
         print(f"day-60 / day-5 cost: {times[60] / times[5]:.2f} (target <= 1.3)")
     print(json.dumps(report))
     return 0

@@ -5,7 +5,7 @@ to reach the row count) and writes them like ``trialguard simulate``. Reports wa
 and CPU seconds (all threads), rows per second, where the main thread's time went
 (building the world, generating days, waiting for the writer thread, which writes
 and judges day d while day d + 1 is generated), peak resident memory and the
-largest day, since memory is bounded by one day's data rather than by the trial.
+largest day, since memory is bounded by a day's data (two in flight), not by the trial.
 The load average is printed because the figures are only comparable on an
 otherwise idle machine.
 """

@@ -105,7 +105,9 @@ def _exec(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     con.execute(sql, params or []).fetchall()
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+def _frame(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> pl.DataFrame:
     """Run ``sql`` and return a polars frame."""
     rel = con.sql(sql, params=params) if params else con.sql(sql)
     return pl.from_arrow(rel.to_arrow_table())
@@ -126,21 +128,30 @@ def policy_version(policies: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_day_transactions(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
-    """Transactions of local day ``as_of`` with the original a refund refers to."""
+def read_day_transactions(
+    con: duckdb.DuckDBPyConnection, as_of: date, lookback_days: int = 90
+) -> pl.DataFrame:
+    """Transactions of local day ``as_of`` with the original a refund refers to.
+
+    Originals are looked up among the ``lookback_days`` days before ``as_of``
+    only, so the lookup does not scan the whole history.
+    """
     return _frame(
         con,
         """
-        SELECT t.* EXCLUDE (extra),
-               o.terminal_id AS orig_terminal_id,
-               o.card_token AS orig_card_token,
-               o.amount_minor AS orig_amount_minor
-        FROM transactions t
-        LEFT JOIN transactions o
-          ON t.original_txn_id IS NOT NULL AND o.txn_id = t.original_txn_id
-        WHERE t.local_date = ?
+        WITH day AS (SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?),
+        orig AS (
+            SELECT txn_id, terminal_id, card_token, amount_minor FROM transactions
+            WHERE local_date BETWEEN ? AND ?
+              AND txn_id IN (SELECT original_txn_id FROM day WHERE original_txn_id IS NOT NULL)
+        )
+        SELECT day.*,
+               orig.terminal_id AS orig_terminal_id,
+               orig.card_token AS orig_card_token,
+               orig.amount_minor AS orig_amount_minor
+        FROM day LEFT JOIN orig ON orig.txn_id = day.original_txn_id
         """,
-        [as_of],
+        [as_of, as_of - timedelta(days=lookback_days), as_of],
     )
 
 
@@ -163,9 +174,10 @@ def read_implausible(
     ``outside_trial`` says whether its date is outside the terminal's trial window.
     """
     skew = int(config["malfunction"]["clock_skew_days"])
-    return _frame(
-        con,
-        f"""
+    return (
+        _frame(
+            con,
+            f"""
         WITH files AS (SELECT DISTINCT file_id FROM transactions WHERE local_date = ?),
         odd AS (
             SELECT t.txn_id, t.terminal_id, t.file_id, t.line_no, t.txn_time, t.local_date
@@ -194,13 +206,18 @@ def read_implausible(
         FROM hit LEFT JOIN reg USING (terminal_id)
         ORDER BY hit.terminal_id, hit.txn_time, hit.txn_id
         """,
-        [as_of, as_of - timedelta(days=skew), as_of + timedelta(days=skew), as_of],
-    ) if skew >= 0 else pl.DataFrame(
-        schema={"terminal_id": pl.String, "txn_id": pl.String, "outside_trial": pl.Boolean}
+            [as_of, as_of - timedelta(days=skew), as_of + timedelta(days=skew), as_of],
+        )
+        if skew >= 0
+        else pl.DataFrame(
+            schema={"terminal_id": pl.String, "txn_id": pl.String, "outside_trial": pl.Boolean}
+        )
     )
 
 
-def read_history(con: duckdb.DuckDBPyConnection, as_of: date, days: int = HISTORY_DAYS) -> pl.DataFrame:
+def read_history(
+    con: duckdb.DuckDBPyConnection, as_of: date, days: int = HISTORY_DAYS
+) -> pl.DataFrame:
     """``terminal_day`` rows of the ``days`` days before ``as_of`` (history features)."""
     return _frame(
         con,
@@ -214,10 +231,14 @@ def _json_lists(df: pl.DataFrame) -> pl.DataFrame:
     """Flags as read from the table -> ``reasons`` / ``evidence`` as lists."""
     reasons = [json.loads(r) if r else [] for r in df.get_column("reasons").to_list()]
     evidence = [json.loads(e) if e else [] for e in df.get_column("evidence").to_list()]
-    return df.with_columns(
-        pl.Series("reasons", reasons, dtype=pl.List(REASON_STRUCT)),
-        pl.Series("evidence", evidence, dtype=pl.List(pl.String)),
-    ).select(FLAG_FRAME_SCHEMA.names()).cast(dict(FLAG_FRAME_SCHEMA))
+    return (
+        df.with_columns(
+            pl.Series("reasons", reasons, dtype=pl.List(REASON_STRUCT)),
+            pl.Series("evidence", evidence, dtype=pl.List(pl.String)),
+        )
+        .select(FLAG_FRAME_SCHEMA.names())
+        .cast(dict(FLAG_FRAME_SCHEMA))
+    )
 
 
 def read_flags(con: duckdb.DuckDBPyConnection, as_of: date, gap_days: int) -> pl.DataFrame:
@@ -239,8 +260,12 @@ def read_dispositions(con: duckdb.DuckDBPyConnection, flag_ids: list[str]) -> pl
     """Analyst decisions on the given flags."""
     if not flag_ids:
         return pl.DataFrame(
-            schema={"flag_id": pl.String, "decision": pl.String, "decided_at": pl.Datetime("us"),
-                    "snooze_until": pl.Date}
+            schema={
+                "flag_id": pl.String,
+                "decision": pl.String,
+                "decided_at": pl.Datetime("us"),
+                "snooze_until": pl.Date,
+            }
         )
     ids = pl.DataFrame({"flag_id": flag_ids})
     con.register("_tg_flag_ids", ids.to_arrow())
@@ -291,9 +316,16 @@ def detect_partition(
     enriched = enrich_transactions(txns.lazy(), registry.lazy(), policies, config)
     day = terminal_day(enriched, config).collect()
     day = _with_implausible(day, implausible)
-    hist = history if history is not None else pl.DataFrame(
-        schema={"terminal_id": pl.String, "local_date": pl.Date,
-                **{c: pl.Int64 for c in HISTORY_COLUMNS}}
+    hist = (
+        history
+        if history is not None
+        else pl.DataFrame(
+            schema={
+                "terminal_id": pl.String,
+                "local_date": pl.Date,
+                **{c: pl.Int64 for c in HISTORY_COLUMNS},
+            }
+        )
     )
     day = with_history(day, hist, config)
     detections = rules.detect(day.lazy(), config).collect()
@@ -344,22 +376,37 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
     """
     as_of = day.get_column("local_date").max() if day.height else None
     w = int(config["malfunction"]["window_days"])
-    sums = ["n_txn", "n_cap", "n_technical", "n_reversal", "n_stan_repeat", "n_stan_conflict",
-            "n_implausible_time"]
+    sums = [
+        "n_txn",
+        "n_cap",
+        "n_technical",
+        "n_reversal",
+        "n_stan_repeat",
+        "n_stan_conflict",
+        "n_implausible_time",
+    ]
     if history.height == 0 or as_of is None:
         hist = pl.DataFrame(
-            schema={"terminal_id": pl.String, "n_txn_7d": pl.Float64, "cap_amount_7d": pl.Float64,
-                    "n_txn_30d": pl.Float64, "days_seen_30d": pl.Int64,
-                    **{f"_h_{c}": pl.Int64 for c in sums}}
+            schema={
+                "terminal_id": pl.String,
+                "n_txn_7d": pl.Float64,
+                "cap_amount_7d": pl.Float64,
+                "n_txn_30d": pl.Float64,
+                "days_seen_30d": pl.Int64,
+                **{f"_h_{c}": pl.Int64 for c in sums},
+            }
         )
     else:
         recent = pl.col("local_date") > pl.lit(as_of - timedelta(days=7))
         window = pl.col("local_date") > pl.lit(as_of - timedelta(days=w))
         hist = history.group_by("terminal_id").agg(
             pl.col("n_txn").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias("n_txn_7d"),
-            pl.col("cap_amount").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias(
-                "cap_amount_7d"
-            ),
+            pl.col("cap_amount")
+            .filter(recent)
+            .sum()
+            .cast(pl.Float64)
+            .truediv(7.0)
+            .alias("cap_amount_7d"),
             pl.col("n_txn").sum().cast(pl.Float64).truediv(30.0).alias("n_txn_30d"),
             pl.len().cast(pl.Int64).alias("days_seen_30d"),
             *[pl.col(c).filter(window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in sums],
@@ -419,8 +466,12 @@ def code_version() -> str:
 
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -483,8 +534,10 @@ def _record_run(
     _exec(con, "DELETE FROM runs WHERE run_id = ?", [run_id])
     cols = ["run_id", "command", "as_of", "started_at", *values]
     params = [run_id, "run", as_of, started, *values.values()]
-    _exec(con, 
-        f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", params
+    _exec(
+        con,
+        f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+        params,
     )
 
 
@@ -498,10 +551,16 @@ def _leakage(con, as_of: date, config: dict[str, Any]) -> tuple[pl.DataFrame, pl
     try:
         from pipelines.leakage import run_leakage_detectors
     except ModuleNotFoundError as exc:
-        if exc.name not in ("pipelines.leakage", "models.compromise", "models.hotspot",
-                            "models.exposure"):
+        if exc.name not in (
+            "pipelines.leakage",
+            "models.compromise",
+            "models.hotspot",
+            "models.exposure",
+        ):
             raise
-        log.warning("pipelines.leakage is not available; skipping cross-terminal leakage detectors")
+        log.warning(
+            "pipelines.leakage is not available; skipping cross-terminal leakage detectors"
+        )
         return pl.DataFrame(schema=DETECTION_SCHEMA), None
     det, at_risk = run_leakage_detectors(con, as_of, config)
     return det.select(DETECTION_SCHEMA.names()).cast(dict(DETECTION_SCHEMA)), at_risk
@@ -526,12 +585,20 @@ def _run_one(
         policies.update(policies_override)
     cfg_version, pol_version = config_version(config), policy_version(policies)
     if persist:
-        _record_run(con, run_id, as_of, started, status="running", code_version=code_version(),
-                    config_version=cfg_version, policy_version=pol_version)
+        _record_run(
+            con,
+            run_id,
+            as_of,
+            started,
+            status="running",
+            code_version=code_version(),
+            config_version=cfg_version,
+            policy_version=pol_version,
+        )
     try:
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        txns = read_day_transactions(con, as_of)
+        txns = read_day_transactions(con, as_of, int(config["cash_out"]["refund_lookback_days"]))
         registry = read_registry(con, as_of)
         implausible = read_implausible(con, as_of, config)
         history = read_history(con, as_of)
@@ -540,7 +607,9 @@ def _run_one(
                 pl.col("local_date") >= as_of - timedelta(days=HISTORY_DAYS),
                 pl.col("local_date") < as_of,
             )
-            history = pl.concat([history.filter(~pl.col("local_date").is_in(mem["local_date"].unique())), mem])
+            history = pl.concat(
+                [history.filter(~pl.col("local_date").is_in(mem["local_date"].unique())), mem]
+            )
         timings["read_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -567,10 +636,17 @@ def _run_one(
                 [existing.filter(~pl.col("flag_id").is_in(memory.flags["flag_id"])), memory.flags]
             )
         dispositions = read_dispositions(con, existing.get_column("flag_id").to_list())
-        merchants = day.select("terminal_id", "merchant_id").filter(pl.col("merchant_id").is_not_null())
+        merchants = day.select("terminal_id", "merchant_id").filter(
+            pl.col("merchant_id").is_not_null()
+        )
         touched = merge_detections(
-            existing, detections, as_of, run_id, config,
-            dispositions=dispositions, merchants=merchants,
+            existing,
+            detections,
+            as_of,
+            run_id,
+            config,
+            dispositions=dispositions,
+            merchants=merchants,
         )
         flags_table = _flags_as_table(touched)
         at_risk_rows = _at_risk_rows(at_risk, touched, run_id)
@@ -582,7 +658,11 @@ def _run_one(
             timings["write_s"] = time.perf_counter() - t
         elif memory is not None:
             memory.terminal_day.append(day.select("terminal_id", "local_date", *HISTORY_COLUMNS))
-            prev = memory.flags if memory.flags is not None else pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
+            prev = (
+                memory.flags
+                if memory.flags is not None
+                else pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
+            )
             memory.flags = pl.concat(
                 [prev.filter(~pl.col("flag_id").is_in(touched["flag_id"])), touched]
             )
@@ -604,21 +684,37 @@ def _run_one(
         duration = time.perf_counter() - t0
         counts["duration_s"] = round(duration, 3)
         if persist:
-            inputs = sorted(set(txns.get_column("file_id").unique().to_list())) if txns.height else []
+            inputs = (
+                sorted(set(txns.get_column("file_id").unique().to_list())) if txns.height else []
+            )
             _record_run(
-                con, run_id, as_of, started, status="succeeded", finished_at=datetime.now(),
+                con,
+                run_id,
+                as_of,
+                started,
+                status="succeeded",
+                finished_at=datetime.now(),
                 inputs=json.dumps({"transaction_files": inputs}),
-                code_version=code_version(), config_version=cfg_version,
-                policy_version=pol_version, row_counts=json.dumps(counts, default=str),
+                code_version=code_version(),
+                config_version=cfg_version,
+                policy_version=pol_version,
+                row_counts=json.dumps(counts, default=str),
                 duration_s=duration,
             )
         return DetectionResult(as_of, run_id, detections, flags_table, at_risk_rows, counts)
     except Exception as exc:
         if persist:
             _record_run(
-                con, run_id, as_of, started, status="failed", finished_at=datetime.now(),
-                code_version=code_version(), config_version=cfg_version,
-                policy_version=pol_version, duration_s=time.perf_counter() - t0,
+                con,
+                run_id,
+                as_of,
+                started,
+                status="failed",
+                finished_at=datetime.now(),
+                code_version=code_version(),
+                config_version=cfg_version,
+                policy_version=pol_version,
+                duration_s=time.perf_counter() - t0,
                 message=f"{type(exc).__name__}: {exc}"[:2000],
             )
         raise
@@ -658,8 +754,14 @@ def run_detection(
     DetectionResult
     """
     return run_range(
-        settings, as_of, as_of, con=con, config=config, policies_override=policies_override,
-        persist=persist, run_id=run_id,
+        settings,
+        as_of,
+        as_of,
+        con=con,
+        config=config,
+        policies_override=policies_override,
+        persist=persist,
+        run_id=run_id,
     )[0]
 
 
@@ -697,8 +799,14 @@ def run_range(
             day = start + timedelta(days=i)
             rid = None if run_id is None else (run_id if n == 1 else f"{run_id}-{day.isoformat()}")
             res = _run_one(
-                settings, day, con=con, config=config, policies_override=policies_override,
-                persist=persist, run_id=rid, memory=memory,
+                settings,
+                day,
+                con=con,
+                config=config,
+                policies_override=policies_override,
+                persist=persist,
+                run_id=rid,
+                memory=memory,
             )
             results.append(res)
             if progress is not None:
@@ -729,7 +837,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="date_from", type=_date, help="first day of a range")
     parser.add_argument("--to", dest="date_to", type=_date, help="last day of a range (inclusive)")
     parser.add_argument(
-        "--config", default=None,
+        "--config",
+        default=None,
         help="TOML file overriding models/thresholds.toml key by key (a candidate config)",
     )
 
@@ -754,8 +863,14 @@ def main(args: argparse.Namespace, settings) -> int:
     from pipelines.progress import print_summary, steps
     from pipelines.runlock import run_lock
 
-    total: dict[str, Any] = {"days": 0, "transactions": 0, "detections": 0, "flags touched": 0,
-                             "new flags": 0, "at-risk cards": 0}
+    total: dict[str, Any] = {
+        "days": 0,
+        "transactions": 0,
+        "detections": 0,
+        "flags touched": 0,
+        "new flags": 0,
+        "at-risk cards": 0,
+    }
     by_behaviour: dict[str, int] = {}
     with run_lock(settings, "run"), steps("run", total=(end - start).days + 1) as bar:
 

@@ -22,8 +22,8 @@ Missed nights: if the last successful detection (``nightly`` or ``run``) is
 more than one day before ``as_of``, the days in between are detected first, in
 order, up to ``max_backfill_days`` (default 31); a longer gap fails the run with
 the exact ``trialguard run --from ... --to ...`` command to close it. With no
-earlier successful run, the nights from the first trial start in the registry
-are the missed ones. A date at or before the last success is a rerun of that
+earlier successful run, the nights from the first with transactions (on or after
+the earliest trial start in the registry) are the missed ones. A date at or before the last success is a rerun of that
 date only.
 """
 
@@ -206,12 +206,15 @@ def last_detected_date(con) -> date | None:
 
 
 def first_trial_date(con) -> date | None:
-    """The first night of any trial in the registry (``None`` with no registry).
+    """The first night with transactions since the earliest trial start (``None`` if none).
 
-    The registry, not ``min(transactions.local_date)``: a terminal with a skewed
+    Bounded by the registry's ``trial_start`` because a terminal with a skewed
     clock can report transactions dated 1970 or 2000 (detected as malfunction).
     """
-    row = con.execute("SELECT min(trial_start) FROM terminals").fetchone()
+    row = con.execute(
+        "SELECT min(local_date) FROM transactions "
+        "WHERE local_date >= (SELECT min(trial_start) FROM terminals)"
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -224,7 +227,7 @@ def dates_to_detect(
     """The nights to detect, in order, so that no night since the last success is skipped.
 
     With no successful detection yet, the nights from ``first_data`` (the first
-    night of any trial) are the missed ones.
+    night with trial data) are the missed ones.
 
     Examples
     --------
@@ -612,6 +615,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def main_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the nightly deployment until interrupted (Ctrl-C)."""
     import asyncio
+    import sys
+
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        print(
+            "warning: PREFECT_API_URL is not set, so Prefect serves against a temporary "
+            "server that does not run schedules. Start `prefect server start` and "
+            "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first "
+            "(docs/operations.md, 'Serving on a schedule').",
+            file=sys.stderr,
+        )
 
     async def serve() -> None:
         runner, deployment_id = await build_runner(

@@ -133,7 +133,7 @@ class DayOutput:
     """One day's frames (contract columns, polars types) and the carried state."""
 
     transactions: pl.DataFrame
-    events: pl.DataFrame
+    events: pl.DataFrame | None  # made by :meth:`DayGenerator.events`
     reports: pl.DataFrame
     #: the transactions as integer arrays (term, t, ttype, entry, card_type, approved,
     #: amount, pan), in the same order, for the derived-truth judge
@@ -452,7 +452,6 @@ class DayGenerator:
         lat_, lon_, place, ci, places = self._locations(rng, rows, d, episodes)
         report_frames.append(self._row_reports(rows, num))
         tx = self._frame(rows, num, stan, lat_, lon_, place, ci, places)
-        events = self._events(rng, d, episodes)
         rep = _report_frame(report_frames)
         judge_rows = {
             "term": rows["term"],
@@ -464,7 +463,7 @@ class DayGenerator:
             "amount": rows["amount"],
             "pan": rows["pan"],
         }
-        return DayOutput(tx, events, rep, judge_rows)
+        return DayOutput(tx, None, rep, judge_rows)
 
     def _stans(self, rows) -> np.ndarray:
         """STAN per row: one counter per physical device, incremented per message."""
@@ -891,10 +890,13 @@ class DayGenerator:
         s = pl.Series(num)
         return pl.select(pl.when(s >= 0).then(pl.lit("TX") + s.cast(pl.String))).to_series()
 
-    def _events(self, rng, d, episodes) -> pl.DataFrame:
+    def events(self, d: int) -> pl.DataFrame:
+        """Telemetry of trial day ``d``: its own random stream, so it can be made in
+        another thread than the transactions (days in order)."""
         from pipelines.simulate.events import day_events
 
-        return day_events(self, rng, d, episodes)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 3, d]))
+        return day_events(self, rng, d, self.w.episodes_on(d))
 
 
 FRAUD_TYPE_IDX = {t: i for i, t in enumerate(FRAUD_TYPES)}

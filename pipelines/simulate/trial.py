@@ -89,10 +89,9 @@ def policies_toml(policies: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _days(world: World, seed: int) -> Iterator[tuple[date, DayOutput]]:
-    gen = DayGenerator(world, seed)
-    for d in range(world.days):
-        yield world.start + timedelta(days=d), gen.day(d)
+def _days(gen: DayGenerator) -> Iterator[tuple[int, date, DayOutput]]:
+    for d in range(gen.w.days):
+        yield d, gen.w.start + timedelta(days=d), gen.day(d)
 
 
 def _injected_truth(world: World) -> pl.DataFrame:
@@ -175,9 +174,10 @@ def simulate_trial(
     world = build_world(n_terminals, days, start, seed, min_per_behaviour, injected_share)
     judge = Judge(world.registry, world.policies, world.term["tid"])
     tx, ev, rep = [], [], []
-    for day, out in _days(world, seed):
+    gen = DayGenerator(world, seed)
+    for d, day, out in _days(gen):
         tx.append(out.transactions)
-        ev.append(out.events)
+        ev.append(gen.events(d))
         rep.append(out.reports)
         judge.day(out.rows, day)
     truth_detail = _truth(world, [judge.finish()])
@@ -211,7 +211,7 @@ class WriteReport:
     #: (in the writer thread) and waiting for the writer thread (writing and
     #: judging day d overlap generating day d + 1)
     seconds: dict[str, float] = field(default_factory=dict)
-    #: most transactions written for one day (memory is bounded by one day)
+    #: most transactions written for one day (memory is bounded by two days)
     max_day_rows: int = 0
 
 
@@ -234,7 +234,14 @@ def _write_table(
     path.write_bytes(text.encode(encoding))
 
 
+def _collect(result: tuple[float, int], secs: dict, counts: dict) -> None:
+    secs["truth"] += result[0]
+    counts["terminal_events"] += result[1]
+
+
 def _write_day(
+    gen: DayGenerator,
+    d: int,
     day_out: DayOutput,
     path: Path,
     fmt: str,
@@ -242,16 +249,18 @@ def _write_day(
     events: _Appender,
     judge: Judge,
     day: date,
-) -> float:
-    """Write one day's files and judge its rows (in the writer thread, days in order).
+) -> tuple[float, int]:
+    """Write one day's transactions, make and append its telemetry, judge its rows.
 
-    Returns the seconds the judge took.
+    Runs in the writer thread, one day after the other. Returns the judge's seconds
+    and the number of events.
     """
     _write_table(day_out.transactions, path, fmt, offset=offset)
-    events.write(day_out.events)
+    ev = gen.events(d)
+    events.write(ev)
     t0 = time.perf_counter()
     judge.day(day_out.rows, day)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, ev.height
 
 
 class _Appender:
@@ -290,7 +299,8 @@ def write_trial(
     injected_share: float = sc.INJECTED_SHARE,
     on_day: Callable[[date, int], None] | None = None,
 ) -> WriteReport:
-    """Simulate a trial and write it day by day (memory bounded by one day's data).
+    """Simulate a trial and write it day by day (memory bounded by two days of data:
+    one generated while the previous one is written).
 
     ``on_day(day, n_transactions)`` is called after each day is written.
     """
@@ -318,7 +328,8 @@ def write_trial(
     reports = []
     secs = {"world": time.perf_counter() - t0, "generate": 0.0, "write": 0.0, "truth": 0.0}
     max_day = 0
-    days_iter = _days(world, seed)
+    gen = DayGenerator(world, seed)
+    days_iter = _days(gen)
     # one writer thread: day d is written and judged while day d + 1 is generated
     # (polars and numpy release the GIL); at most two days are in memory
     pending: Future | None = None
@@ -326,27 +337,28 @@ def write_trial(
         try:
             for d in range(days):
                 t1 = time.perf_counter()
-                day, day_out = next(days_iter)
+                _, day, day_out = next(days_iter)
                 t2 = time.perf_counter()
                 reports.append(day_out.reports)
                 if pending is not None:
-                    secs["truth"] += pending.result()
+                    _collect(pending.result(), secs, counts)
                 t3 = time.perf_counter()
                 path = landing / "transactions" / f"transactions_{day.isoformat()}.{ext}"
                 offset = d % sc.OFFSET_FILE_EVERY == 3
-                pending = pool.submit(_write_day, day_out, path, fmt, offset, events, judge, day)
+                pending = pool.submit(
+                    _write_day, gen, d, day_out, path, fmt, offset, events, judge, day
+                )
                 files.append(path)
                 secs["generate"] += t2 - t1
                 secs["write"] += t3 - t2  # time spent waiting for the writer
                 counts["transactions"] += day_out.transactions.height
-                counts["terminal_events"] += day_out.events.height
                 max_day = max(max_day, day_out.transactions.height)
                 if on_day is not None:
                     on_day(day, day_out.transactions.height)
                 del day_out
             if pending is not None:
                 t4 = time.perf_counter()
-                secs["truth"] += pending.result()
+                _collect(pending.result(), secs, counts)
                 secs["write"] += time.perf_counter() - t4
         finally:
             if pending is not None:

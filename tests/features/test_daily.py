@@ -46,12 +46,33 @@ def test_counts_shares_and_amounts():
         card_token=["a", "a", "b", "c"],
     )
     d = day_of(t)
-    got = d.select("n_txn", "n_approved", "n_cap", "cap_amount", "round_share", "credit_share",
-                   "n_cards", "max_same_card", "decline_rate", "decline_funds_rate", "amount_max")
+    got = d.select(
+        "n_txn",
+        "n_approved",
+        "n_cap",
+        "cap_amount",
+        "round_share",
+        "credit_share",
+        "n_cards",
+        "max_same_card",
+        "decline_rate",
+        "decline_funds_rate",
+        "amount_max",
+    )
     want = pl.DataFrame(
-        {"n_txn": [4], "n_approved": [3], "n_cap": [3], "cap_amount": [31234],
-         "round_share": [2 / 3], "credit_share": [2 / 3], "n_cards": [3], "max_same_card": [2],
-         "decline_rate": [0.25], "decline_funds_rate": [0.25], "amount_max": [20000]},
+        {
+            "n_txn": [4],
+            "n_approved": [3],
+            "n_cap": [3],
+            "cap_amount": [31234],
+            "round_share": [2 / 3],
+            "credit_share": [2 / 3],
+            "n_cards": [3],
+            "max_same_card": [2],
+            "decline_rate": [0.25],
+            "decline_funds_rate": [0.25],
+            "amount_max": [20000],
+        },
         schema=got.schema,
     )
     assert_frame_equal(got, want)
@@ -100,7 +121,9 @@ def test_policy_row_semantics():
 
 
 def test_unknown_policy_falls_back_to_default():
-    d = day_of(F.txns(3, txn_time=[datetime(2026, 3, 10, 3, 0)] * 3),
-               registry=F.registry(policy_id="nope"))
+    d = day_of(
+        F.txns(3, txn_time=[datetime(2026, 3, 10, 3, 0)] * 3),
+        registry=F.registry(policy_id="nope"),
+    )
     assert d["policy_key"][0] == "default"
     assert d["n_outside_hours"][0] == 3

@@ -83,7 +83,14 @@ def test_device_serial_back_switch_and_per_device_travel():
     lat = [F.LAT, F.LAT, 39.9, F.LAT, 39.9, 39.9]
     out = enrich(F.txns(6, step_s=60, device_serial=serials, terminal_lat=lat), F.registry())
     assert out.get_column("serial_switch").to_list() == [False, False, True, True, True, False]
-    assert out.get_column("serial_back_switch").to_list() == [False, False, False, True, True, False]
+    assert out.get_column("serial_back_switch").to_list() == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
     # Two devices far apart are a clone, not a terminal travelling at 60 000 km/h.
     assert not out.get_column("impossible_hop").any()
 
@@ -108,20 +115,34 @@ def test_split_sale_counts_approved_sales_only():
 
 
 def test_refund_matching():
-    t = F.txns(3, txn_type=["purchase", "refund", "refund"],
-               original_txn_id=[None, "T0000001-00000", "nope"])
+    t = F.txns(
+        3,
+        txn_type=["purchase", "refund", "refund"],
+        original_txn_id=[None, "T0000001-00000", "nope"],
+    )
     orig = pl.DataFrame(
-        {"orig_terminal_id": [None, "T0000001", None], "orig_card_token": [None, None, None],
-         "orig_amount_minor": [None, 10**6, None]},
-        schema={"orig_terminal_id": pl.String, "orig_card_token": pl.String,
-                "orig_amount_minor": pl.Int64},
+        {
+            "orig_terminal_id": [None, "T0000001", None],
+            "orig_card_token": [None, None, None],
+            "orig_amount_minor": [None, 10**6, None],
+        },
+        schema={
+            "orig_terminal_id": pl.String,
+            "orig_card_token": pl.String,
+            "orig_amount_minor": pl.Int64,
+        },
     )
     out = enrich(pl.concat([t, orig], how="horizontal"), F.registry())
     assert out.get_column("refund_unmatched").to_list() == [False, False, True]
 
 
 def test_mcc_mismatch_against_registry_and_mid():
-    out = enrich(F.txns(3, mcc=["5411", "5812", "5411"],
-                        merchant_id=["100310054110000", "100310054110000", "100310058120000"]),
-                 F.registry())
+    out = enrich(
+        F.txns(
+            3,
+            mcc=["5411", "5812", "5411"],
+            merchant_id=["100310054110000", "100310054110000", "100310058120000"],
+        ),
+        F.registry(),
+    )
     assert out.get_column("mcc_mismatch").to_list() == [False, True, True]

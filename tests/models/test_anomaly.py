@@ -91,18 +91,33 @@ def test_view_names_the_feature_and_the_behaviour():
 
 def test_anomaly_adds_a_reason_to_a_matching_rule_detection_only():
     day = day_frame().with_columns(
-        pl.when(pl.col("terminal_id") == "T0000007").then(pl.lit(40.0))
-        .otherwise(pl.col("distance_p50_km")).alias("distance_p50_km")
+        pl.when(pl.col("terminal_id") == "T0000007")
+        .then(pl.lit(40.0))
+        .otherwise(pl.col("distance_p50_km"))
+        .alias("distance_p50_km")
     )
     peers = with_peer_features(day.lazy(), min_peers=8).collect()
     view = anomaly_view(peers, CFG)
     rule = pl.DataFrame(
         [
-            {"terminal_id": "T0000007", "behaviour": "relocation", "day": date(2026, 3, 10),
-             "score": 0.6, "reasons": [{"code": "outside_geofence", "text": "x",
-                                        "observed": 1.0, "threshold": 0.5}], "evidence": ["a"]},
-            {"terminal_id": "T0000007", "behaviour": "mcc_mismatch", "day": date(2026, 3, 10),
-             "score": 0.6, "reasons": [], "evidence": ["a"]},
+            {
+                "terminal_id": "T0000007",
+                "behaviour": "relocation",
+                "day": date(2026, 3, 10),
+                "score": 0.6,
+                "reasons": [
+                    {"code": "outside_geofence", "text": "x", "observed": 1.0, "threshold": 0.5}
+                ],
+                "evidence": ["a"],
+            },
+            {
+                "terminal_id": "T0000007",
+                "behaviour": "mcc_mismatch",
+                "day": date(2026, 3, 10),
+                "score": 0.6,
+                "reasons": [],
+                "evidence": ["a"],
+            },
         ],
         schema=DETECTION_SCHEMA,
     )
@@ -118,9 +133,7 @@ def test_anomaly_adds_a_reason_to_a_matching_rule_detection_only():
 
 
 def test_peer_group_backs_off_to_coarser_groups():
-    day = day_frame(12).with_columns(
-        pl.Series("region_code", ["310101"] * 9 + ["110101"] * 3)
-    )
+    day = day_frame(12).with_columns(pl.Series("region_code", ["310101"] * 9 + ["110101"] * 3))
     peers = with_peer_features(day.lazy(), min_peers=8).collect()
     groups = dict(zip(peers["region_code"], peers["peer_group"], strict=False))
     assert groups["310101"] == "5411/310101/fixed_pos"

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_threshold_cites_its_source():
     text = (ROOT / "models" / "thresholds.toml").read_text(encoding="utf-8")
-    tables = re.split(r"^\[", text, flags=re.M)[1:]
+    tables = re.split(r"^\[", text, flags=re.MULTILINE)[1:]
     for table in tables:
         name = table.split("]")[0]
         if name in ("card_compromise", "fraud_hotspot", "pan_exposure"):

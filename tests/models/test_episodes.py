@@ -15,12 +15,26 @@ CFG = load_config()  # gap_days = 3
 EMPTY = pl.DataFrame(schema=FLAG_FRAME_SCHEMA)
 
 
-def det(day: date, score=0.6, evidence=("a", "b"), terminal="T0000001", behaviour="relocation",
-        code="outside_geofence"):
+def det(
+    day: date,
+    score=0.6,
+    evidence=("a", "b"),
+    terminal="T0000001",
+    behaviour="relocation",
+    code="outside_geofence",
+):
     reasons = [{"code": code, "text": f"seen {day}", "observed": score, "threshold": 0.5}]
     return pl.DataFrame(
-        [{"terminal_id": terminal, "behaviour": behaviour, "day": day, "score": score,
-          "reasons": reasons, "evidence": list(evidence)}],
+        [
+            {
+                "terminal_id": terminal,
+                "behaviour": behaviour,
+                "day": day,
+                "score": score,
+                "reasons": reasons,
+                "evidence": list(evidence),
+            }
+        ],
         schema=DETECTION_SCHEMA,
     )
 
@@ -31,17 +45,27 @@ def upsert(flags: pl.DataFrame, touched: pl.DataFrame) -> pl.DataFrame:
 
 def run_days(days, flags=EMPTY, dispositions=None, **kw):
     for d in days:
-        flags = upsert(flags, merge_detections(flags, det(d, **kw), d, f"r{d}", CFG,
-                                               dispositions=dispositions))
+        flags = upsert(
+            flags,
+            merge_detections(flags, det(d, **kw), d, f"r{d}", CFG, dispositions=dispositions),
+        )
     return flags
 
 
 def disposition(fid, decision, snooze_until=None, at=datetime(2026, 3, 2, 9)):
     return pl.DataFrame(
-        {"flag_id": [fid], "decision": [decision], "decided_at": [at],
-         "snooze_until": [snooze_until]},
-        schema={"flag_id": pl.String, "decision": pl.String, "decided_at": pl.Datetime("us"),
-                "snooze_until": pl.Date},
+        {
+            "flag_id": [fid],
+            "decision": [decision],
+            "decided_at": [at],
+            "snooze_until": [snooze_until],
+        },
+        schema={
+            "flag_id": pl.String,
+            "decision": pl.String,
+            "decided_at": pl.Datetime("us"),
+            "snooze_until": pl.Date,
+        },
     )
 
 
@@ -96,8 +120,11 @@ def test_dismissed_flag_stays_dismissed_when_the_episode_continues():
     flags = run_days([date(2026, 3, 1)])
     fid = flags["flag_id"][0]
     flags = flags.with_columns(pl.lit("dismissed").alias("status"))
-    flags = run_days([date(2026, 3, 2), date(2026, 3, 3)], flags=flags,
-                     dispositions=disposition(fid, "dismissed"))
+    flags = run_days(
+        [date(2026, 3, 2), date(2026, 3, 3)],
+        flags=flags,
+        dispositions=disposition(fid, "dismissed"),
+    )
     assert flags.height == 1 and flags["status"][0] == "dismissed"
 
 
@@ -121,8 +148,12 @@ def test_snoozed_until_date_then_open_again():
 def test_latest_disposition_wins():
     flags = run_days([date(2026, 3, 1)])
     fid = flags["flag_id"][0]
-    both = pl.concat([disposition(fid, "dismissed", at=datetime(2026, 3, 1, 9)),
-                      disposition(fid, "confirmed", at=datetime(2026, 3, 2, 9))])
+    both = pl.concat(
+        [
+            disposition(fid, "dismissed", at=datetime(2026, 3, 1, 9)),
+            disposition(fid, "confirmed", at=datetime(2026, 3, 2, 9)),
+        ]
+    )
     flags = run_days([date(2026, 3, 2)], flags=flags, dispositions=both)
     assert flags["status"][0] == "confirmed"
 

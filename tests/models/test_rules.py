@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +25,9 @@ CFG = load_config()
 
 
 def run(txns: pl.DataFrame, registry: pl.DataFrame | None = None, policies=None, config=CFG):
-    registry = F.registry([*txns.get_column("terminal_id").unique()]) if registry is None else registry
+    registry = (
+        F.registry([*txns.get_column("terminal_id").unique()]) if registry is None else registry
+    )
     pol = policy_frame(policies or {}, config["default_policy"])
     day = terminal_day(enrich_transactions(txns.lazy(), registry.lazy(), pol, config), config)
     day = day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
@@ -47,27 +49,27 @@ def _times(n, start=F.T0, step=60):
 
 
 CASES = {
-    "relocation": dict(terminal_lat=31.5),
-    "cloned_terminal": dict(device_serial=["SNT0000001", "CLONE"] * 10),
-    "mcc_mismatch": dict(mcc="4829"),
-    "cash_out": dict(
-        card_token=["c1", "c1", "c1", "c2", "c2", "c2"] + [f"x{i}" for i in range(14)],
-        amount_minor=[100000] * 20,
-        card_type="credit",
-        step_s=120,
-    ),
-    "card_testing": dict(
-        amount_minor=100,
-        response_code=["14", "05", "00", "54"] * 5,
-        step_s=60,
-    ),
-    "fallback_abuse": dict(entry_mode=["80", "05", "01", "05"] * 5),
-    "trial_limit_breach": dict(amount_minor=[600000] + [1000] * 19),
-    "disallowed_use": dict(txn_type=["purchase"] * 19 + ["cash_advance"]),
-    "malfunction": dict(
-        response_code=["96", "00", "91", "00"] * 5,
-        txn_type=["purchase", "purchase", "purchase", "reversal"] * 5,
-    ),
+    "relocation": {"terminal_lat": 31.5},
+    "cloned_terminal": {"device_serial": ["SNT0000001", "CLONE"] * 10},
+    "mcc_mismatch": {"mcc": "4829"},
+    "cash_out": {
+        "card_token": ["c1", "c1", "c1", "c2", "c2", "c2"] + [f"x{i}" for i in range(14)],
+        "amount_minor": [100000] * 20,
+        "card_type": "credit",
+        "step_s": 120,
+    },
+    "card_testing": {
+        "amount_minor": 100,
+        "response_code": ["14", "05", "00", "54"] * 5,
+        "step_s": 60,
+    },
+    "fallback_abuse": {"entry_mode": ["80", "05", "01", "05"] * 5},
+    "trial_limit_breach": {"amount_minor": [600000] + [1000] * 19},
+    "disallowed_use": {"txn_type": ["purchase"] * 19 + ["cash_advance"]},
+    "malfunction": {
+        "response_code": ["96", "00", "91", "00"] * 5,
+        "txn_type": ["purchase", "purchase", "purchase", "reversal"] * 5,
+    },
 }
 
 
@@ -81,7 +83,9 @@ def mft():
         tid = f"M{i:07d}"
         ids[behaviour] = tid
         if "device_serial" in kwargs:
-            kwargs["device_serial"] = [s.replace("SNT0000001", f"SN{tid}") for s in kwargs["device_serial"]]
+            kwargs["device_serial"] = [
+                s.replace("SNT0000001", f"SN{tid}") for s in kwargs["device_serial"]
+            ]
         frames.append(F.txns(20, terminal_id=tid, step_s=step, **kwargs))
     return ids, run(pl.concat(frames))
 
@@ -123,8 +127,12 @@ def test_declined_attempt_is_not_a_disallowed_use():
 
 
 def test_renaming_terminal_ids_does_not_change_scores():
-    t = pl.concat([F.txns(20, terminal_id="T0000001", mcc="4829"),
-                   F.txns(20, terminal_id="T0000002", terminal_lat=31.5)])
+    t = pl.concat(
+        [
+            F.txns(20, terminal_id="T0000001", mcc="4829"),
+            F.txns(20, terminal_id="T0000002", terminal_lat=31.5),
+        ]
+    )
     a = run(t)
     renamed = t.with_columns(
         pl.col("terminal_id").replace({"T0000001": "Q0000009", "T0000002": "Q0000001"}),

@@ -69,7 +69,9 @@ def test_run_writes_flags_aggregates_and_run_record(store):
     flag = res.flags.row(0, named=True)
     assert (flag["terminal_id"], flag["behaviour"]) == ("T0000029", "relocation")
     reasons = json.loads(flag["reasons"])
-    assert reasons[0]["code"] == "outside_geofence" and "km from the registered" in reasons[0]["text"]
+    assert (
+        reasons[0]["code"] == "outside_geofence" and "km from the registered" in reasons[0]["text"]
+    )
     assert len(json.loads(flag["evidence"])) == 12
     con = duckdb.connect(str(store.db_path), read_only=True)
     assert con.execute("SELECT count(*) FROM terminal_day").fetchall()[0][0] == 30
@@ -134,16 +136,28 @@ def test_end_to_end_on_an_ingested_simulated_trial(tmp_path, pan_key_env):
     settings = Settings.from_env(db=tmp_path / "e2e.duckdb")
     ingest_paths(settings, [tmp_path / "sim" / "landing"], gate=False)
     run_range(settings, start, start + timedelta(days=5))
-    truth = pl.read_csv(tmp_path / "sim" / "truth.csv", schema_overrides={"terminal_id": pl.String})
+    truth = pl.read_csv(
+        tmp_path / "sim" / "truth.csv", schema_overrides={"terminal_id": pl.String}
+    )
     con = duckdb.connect(str(settings.db_path), read_only=True)
     flags = pl.from_arrow(con.sql("SELECT terminal_id, behaviour FROM flags").to_arrow_table())
-    registered = pl.from_arrow(con.sql("SELECT DISTINCT terminal_id FROM terminals").to_arrow_table())
+    registered = pl.from_arrow(
+        con.sql("SELECT DISTINCT terminal_id FROM terminals").to_arrow_table()
+    )
     con.close()
-    mine = {"relocation", "cloned_terminal", "mcc_mismatch", "fallback_abuse", "trial_limit_breach",
-            "disallowed_use"}
-    expected = truth.filter(pl.col("behaviour").is_in(list(mine))).select(
-        "terminal_id", "behaviour"
-    ).unique()
+    mine = {
+        "relocation",
+        "cloned_terminal",
+        "mcc_mismatch",
+        "fallback_abuse",
+        "trial_limit_breach",
+        "disallowed_use",
+    }
+    expected = (
+        truth.filter(pl.col("behaviour").is_in(list(mine)))
+        .select("terminal_id", "behaviour")
+        .unique()
+    )
     found = expected.join(flags, on=["terminal_id", "behaviour"], how="semi")
     assert found.height >= 0.8 * expected.height, (expected, flags)
     clean = registered.join(truth, on="terminal_id", how="anti")
