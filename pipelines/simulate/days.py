@@ -15,7 +15,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from features.schema import ENTRY_MODES, FRAUD_TYPES, TRANSACTIONS, TXN_TYPES
+from features.schema import CARD_TYPES, ENTRY_MODES, FRAUD_TYPES, TRANSACTIONS, TXN_TYPES
 from pipelines.simulate import fmt
 from pipelines.simulate import scenarios as sc
 from pipelines.simulate.cards import (
@@ -31,7 +31,6 @@ E = {c: i for i, c in enumerate(ENTRY)}
 T = {c: i for i, c in enumerate(TXN_TYPES)}
 RESP = ("00", "51", "55", "05", "54", "61", "14", "91", "96", "57")
 R = {c: i for i, c in enumerate(RESP)}
-CARD_TYPES = ("debit", "credit", "prepaid", "unknown")
 BIN_PREFIX_STR = tuple(b.prefix for b in BINS)
 TXN_COLUMNS = tuple(c for c in TRANSACTIONS.names if c != "card_token")
 BIN_TYPE_IDX = np.array([CARD_TYPES.index(t) for t in BIN_TYPE], dtype=np.int8)

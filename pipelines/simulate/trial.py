@@ -234,6 +234,17 @@ def _write_table(
     path.write_bytes(text.encode(encoding))
 
 
+def _clear_previous(landing: Path) -> None:
+    """Remove files an earlier simulation wrote here (a shorter rerun or another
+    format would otherwise leave stale days for ingest to pick up). Only the
+    simulator's own file names are touched."""
+    for ext in ("csv", "parquet"):
+        for name in ("terminals", "terminal_events", "fraud_reports"):
+            (landing / f"{name}.{ext}").unlink(missing_ok=True)
+        for path in (landing / "transactions").glob(f"transactions_????-??-??.{ext}"):
+            path.unlink()
+
+
 def _collect(result: tuple[float, int], secs: dict, counts: dict) -> None:
     secs["truth"] += result[0]
     counts["terminal_events"] += result[1]
@@ -310,6 +321,7 @@ def write_trial(
     out = Path(out_dir)
     landing = out / "landing"
     (landing / "transactions").mkdir(parents=True, exist_ok=True)
+    _clear_previous(landing)
     ext = fmt
     t0 = time.perf_counter()
     world = build_world(n_terminals, days, start, seed, min_per_behaviour, injected_share)

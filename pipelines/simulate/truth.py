@@ -32,9 +32,8 @@ from datetime import date
 import numpy as np
 import polars as pl
 
-from features.schema import CAP_TXN_TYPES, DEFAULT_POLICY_ID, ENTRY_MODES, TXN_TYPES
+from features.schema import CAP_TXN_TYPES, CARD_TYPES, DEFAULT_POLICY_ID, ENTRY_MODES, TXN_TYPES
 
-CARD_TYPES = ("debit", "credit", "prepaid", "unknown")
 DAY = 86_400
 EPOCH = date(1970, 1, 1)
 

@@ -186,6 +186,20 @@ def test_written_files_follow_the_contract(written):
     assert not (landing / "truth.csv").exists()
 
 
+def test_a_rerun_leaves_no_stale_files(tmp_path):
+    write_trial(tmp_path, 12, 4, START, seed=1)
+    report = write_trial(tmp_path, 12, 2, START, seed=1, fmt="parquet")
+    landing = sorted(p.relative_to(tmp_path).as_posix() for p in report.landing.rglob("*.*"))
+    assert landing == sorted(
+        [
+            f"landing/transactions/transactions_{START + timedelta(days=d)}.parquet"
+            for d in range(2)
+        ]
+        + [f"landing/{n}.parquet" for n in ("terminals", "terminal_events", "fraud_reports")]
+        + ["landing/policies.toml"]
+    )
+
+
 def test_parquet_format_writes_the_same_tables(tmp_path):
     report = write_trial(tmp_path, 15, 2, START, seed=5, fmt="parquet")
     landing = report.landing
