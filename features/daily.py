@@ -185,9 +185,11 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
             | pl.col("refund_unmatched")
         ).alias("ev_cash_out"),
         (pl.col("testing_window") | pl.col("sequential_card")).alias("ev_card_testing"),
-        (pl.col("fallback_entry") & ~(pl.col("testing_window") | pl.col("sequential_card"))).alias(
-            "ev_fallback_abuse"
-        ),
+        (
+            pl.col("fallback_entry")
+            & pl.col("approved")
+            & ~(pl.col("testing_window") | pl.col("sequential_card"))
+        ).alias("ev_fallback_abuse"),
         pl.col("unregistered_reason").is_not_null().alias("ev_unregistered_use"),
         (
             pl.col("over_txn_cap")
@@ -239,8 +241,9 @@ def aggregate_expressions() -> list[pl.Expr]:
     n_reversal = _count(pl.col("txn_type") == "reversal")
     declined = ~ok
     em = pl.col("entry_mode")
-    # Fallback / manual reads inside a card-testing burst are the testing itself.
-    fallback = pl.col("fallback_entry") & ~pl.col("ev_card_testing")
+    # Approved fallback / manual reads (domain §1 #8: "any approved fallback"); those
+    # inside a card-testing burst are the testing itself.
+    fallback = pl.col("fallback_entry") & ok & ~pl.col("ev_card_testing")
     return [
         pl.len().cast(pl.Int64).alias("n_txn"),
         _count(ok).alias("n_approved"),
@@ -278,7 +281,7 @@ def aggregate_expressions() -> list[pl.Expr]:
         _share(em == "05").alias("chip_share"),
         _share(em.is_in(["07", "91"])).alias("contactless_share"),
         _share(em == "03").alias("qr_share"),
-        _share(fallback).alias("fallback_share"),
+        _share(fallback, ok).alias("fallback_share"),
         _count(fallback).alias("n_fallback"),
         _share(em == "01").alias("manual_share"),
         _count("mcc_mismatch").alias("n_mcc_mismatch"),

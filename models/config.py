@@ -19,12 +19,12 @@ from typing import Any
 DEFAULT_CONFIG_NAME = "thresholds.toml"
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``override`` wins, tables are merged key by key."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_config(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -75,7 +75,7 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             f"config file {p} has unknown tables {unknown}; expected tables among "
             f"{sorted(k for k, v in config.items() if isinstance(v, dict))}"
         )
-    return _merge(config, candidate)
+    return merge_config(config, candidate)
 
 
 def config_version(config: dict[str, Any]) -> str:

@@ -412,10 +412,10 @@ def fallback_abuse_checks(cfg: dict[str, Any]) -> list[Check]:
             & (pl.col("fallback_share") > float(c["rate"])),
             exceed_score(pl.col("fallback_share"), float(c["rate"]) * 5),
             pl.format(
-                "{} of {} card reads by fallback, stripe or manual entry ({}), {}% "
+                "{} of {} approved card reads by chip fallback or manual entry ({}), {}% "
                 "(threshold {}%)",
                 pl.col("n_fallback"),
-                pl.col("n_txn"),
+                pl.col("n_approved"),
                 pl.lit(modes),
                 _pct(pl.col("fallback_share")),
                 _pct(_f(c["rate"])),

@@ -29,7 +29,6 @@ the analyst load per night (new flags, baseline vs candidate).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tomllib
@@ -41,6 +40,7 @@ from typing import Any
 import polars as pl
 
 from features.schema import POLICY_KEYS
+from models.config import merge_config
 from pipelines.settings import Settings
 
 POLICIES_TABLE = "policies"
@@ -70,16 +70,6 @@ class BacktestReport:
     def to_json(self) -> str:
         """The report as JSON (dates as ISO strings)."""
         return json.dumps(asdict(self), default=str, indent=2, ensure_ascii=False)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def load_candidate(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -119,7 +109,7 @@ def load_candidate(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str
                 f"candidate config {p}: policies.{pid} has unknown keys {bad}; "
                 f"policy keys are {sorted(POLICY_KEYS)}"
             )
-    return _merge(base, candidate), policies
+    return merge_config(base, candidate), policies
 
 
 def _policy_overrides(con, candidate_policies: dict[str, dict]) -> dict[str, dict] | None:

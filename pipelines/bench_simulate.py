@@ -77,6 +77,7 @@ def run(args: argparse.Namespace, settings: object) -> int:
             "days": args.days,
             "transactions": rows,
             "largest day (rows)": report.max_day_rows,
+            "terminal events": report.counts["terminal_events"],
             "wall seconds": f"{wall:.1f}",
             "CPU seconds": f"{cpu:.1f}",
             "rows / s (wall)": f"{rows / wall:,.0f}",

@@ -9,6 +9,7 @@ same flags, so a second ``make demo`` adds no data rows (only a ``runs`` record)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from datetime import date, timedelta
 from pathlib import Path
@@ -36,12 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def simulator_version() -> str:
+    """Hash of the simulator's source: a changed simulator invalidates an old demo trial."""
+    package = Path(__file__).resolve().parent / "simulate"
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def simulate_once(out: Path, terminals: int, days: int, start: date, seed: int) -> bool:
     """Write the simulated trial unless the same one is already there; True if written."""
     from pipelines.simulate import write_trial
 
     stamp = out / "simulation.json"
-    params = {"terminals": terminals, "days": days, "start": str(start), "seed": seed}
+    params = {
+        "terminals": terminals,
+        "days": days,
+        "start": str(start),
+        "seed": seed,
+        "simulator": simulator_version(),
+    }
     if stamp.is_file() and json.loads(stamp.read_text()) == params:
         return False
     write_trial(out, terminals, days, start, seed)

@@ -23,7 +23,7 @@ def test_tables_doc_is_generated_from_the_schema():
 
 def test_behaviour_codes_match_the_contract():
     text = CONTRACT.read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([a-z_]+)` \| ([a-z_]+) \|", text, flags=re.M)
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([a-z_]+) \|", text, flags=re.MULTILINE)
     assert dict(rows) == BEHAVIOURS
 
 
@@ -32,7 +32,7 @@ def test_input_columns_match_the_contract():
     for name, kind in INPUT_KINDS.items():
         section = text.split(f"### {name}", 1)[1].split("###", 1)[0]
         documented: list[str] = []
-        for cell in re.findall(r"^\| ([a-z_0-9, /]+?) \|", section, flags=re.M):
+        for cell in re.findall(r"^\| ([a-z_0-9, /]+?) \|", section, flags=re.MULTILINE):
             if cell.strip() == "column":
                 continue
             documented += [c.strip() for c in re.split(r"[,/]", cell)]
@@ -42,5 +42,5 @@ def test_input_columns_match_the_contract():
 def test_policy_keys_match_the_contract():
     text = CONTRACT.read_text(encoding="utf-8")
     block = text.split("```toml", 1)[1].split("```", 1)[0]
-    keys = re.findall(r"^([a-z_]+) =", block, flags=re.M)
+    keys = re.findall(r"^([a-z_]+) =", block, flags=re.MULTILINE)
     assert set(keys) == set(POLICY_KEYS)

@@ -163,3 +163,12 @@ def test_end_to_end_on_an_ingested_simulated_trial(tmp_path, pan_key_env):
     clean = registered.join(truth, on="terminal_id", how="anti")
     flagged_clean = clean.join(flags, on="terminal_id", how="semi")
     assert clean.height > 10 and flagged_clean.height <= 0.05 * clean.height
+
+
+def test_a_day_without_data_is_a_quiet_successful_run(tmp_path):
+    settings = Settings(db_path=tmp_path / "empty.duckdb")
+    res = run_detection(settings, date(2026, 1, 1))
+    assert res.flags.height == 0 and res.counts["transactions"] == 0
+    con = duckdb.connect(str(settings.db_path), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("succeeded",)]
+    con.close()
