@@ -62,7 +62,12 @@ def _window_flags(lf: pl.LazyFrame, cfg: dict[str, Any], offset_s: int, tag: str
         & (pl.col(f"wdecl_{tag}") > float(cfg["decline_rate"]))
         & (pl.col(f"wmed_{tag}") < float(cfg["max_median_amount_minor"]))
     )
-    stats = stats.with_columns(hit.alias(f"whit_{tag}"))
+    # "testing-like": many cards and many declines whatever the amounts; reads in
+    # such a window are probes, not fallback abuse.
+    like = (pl.col(f"wcards_{tag}") >= int(cfg["min_distinct_cards"])) & (
+        pl.col(f"wdecl_{tag}") > float(cfg["decline_rate"])
+    )
+    stats = stats.with_columns(hit.alias(f"whit_{tag}"), like.alias(f"wlike_{tag}"))
     return lf.join(stats, on=["terminal_id", f"bucket_{tag}"], how="left")
 
 
@@ -73,6 +78,7 @@ def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     hit_a, hit_b = pl.col("whit_a"), pl.col("whit_b")
     return lf.with_columns(
         (hit_a | hit_b).alias("testing_window"),
+        (pl.col("wlike_a") | pl.col("wlike_b")).fill_null(False).alias("testing_like"),
         pl.max_horizontal("wcards_a", "wcards_b").alias("window_cards"),
         pl.when(hit_a & hit_b)
         .then(pl.max_horizontal("wcards_a", "wcards_b"))
@@ -102,6 +108,8 @@ def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
         "wmed_b",
         "whit_a",
         "whit_b",
+        "wlike_a",
+        "wlike_b",
     )
 
 
@@ -188,7 +196,7 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
         (
             pl.col("fallback_entry")
             & pl.col("approved")
-            & ~(pl.col("testing_window") | pl.col("sequential_card"))
+            & ~(pl.col("testing_like") | pl.col("sequential_card"))
         ).alias("ev_fallback_abuse"),
         pl.col("unregistered_reason").is_not_null().alias("ev_unregistered_use"),
         (
@@ -243,7 +251,9 @@ def aggregate_expressions() -> list[pl.Expr]:
     em = pl.col("entry_mode")
     # Approved fallback / manual reads (domain §1 #8: "any approved fallback"); those
     # inside a card-testing burst are the testing itself.
-    fallback = pl.col("fallback_entry") & ok & ~pl.col("ev_card_testing")
+    fallback = (
+        pl.col("fallback_entry") & ok & ~(pl.col("testing_like") | pl.col("sequential_card"))
+    )
     return [
         pl.len().cast(pl.Int64).alias("n_txn"),
         _count(ok).alias("n_approved"),

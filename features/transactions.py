@@ -106,7 +106,8 @@ def join_policy(txns: pl.LazyFrame, policies: pl.DataFrame) -> pl.LazyFrame:
         .otherwise(pl.lit("default"))
         .alias("policy_key")
     )
-    out = with_key.join(policies.lazy(), on="policy_key", how="left")
+    lists = ["allowed_card_types", "allowed_txn_types", "allowed_entry_modes"]
+    out = with_key.join(policies.drop(lists).lazy(), on="policy_key", how="left")
     geofence = pl.lit(None, dtype=pl.Float64)
     for kind in TERMINAL_KINDS:
         geofence = (
@@ -188,31 +189,39 @@ def credit_card() -> pl.Expr:
     return (pl.col("card_type") == "credit").alias("credit_card")
 
 
-def disallowed_card_type() -> pl.Expr:
+def _not_allowed(value_col: str, list_col: str, policies: pl.DataFrame, name: str) -> pl.Expr:
+    """``value_col`` is not in the policy's ``list_col`` (absent list = all allowed).
+
+    Built as one ``is_in`` per policy (policies are few), so no list is carried
+    on every transaction row.
+    """
+    expr = pl.lit(False)
+    for key, allowed in zip(
+        policies.get_column("policy_key"), policies.get_column(list_col), strict=True
+    ):
+        if allowed is None:
+            continue
+        expr = (
+            pl.when(pl.col("policy_key") == key)
+            .then(~pl.col(value_col).is_in(list(allowed)))
+            .otherwise(expr)
+        )
+    return expr.fill_null(False).alias(name)
+
+
+def disallowed_card_type(policies: pl.DataFrame) -> pl.Expr:
     """Card type the policy does not allow (absent list = all allowed)."""
-    return (
-        (~pl.col("allowed_card_types").list.contains(pl.col("card_type")))
-        .fill_null(False)
-        .alias("disallowed_card_type")
-    )
+    return _not_allowed("card_type", "allowed_card_types", policies, "disallowed_card_type")
 
 
-def disallowed_txn_type() -> pl.Expr:
+def disallowed_txn_type(policies: pl.DataFrame) -> pl.Expr:
     """Transaction type the policy does not allow."""
-    return (
-        (~pl.col("allowed_txn_types").list.contains(pl.col("txn_type")))
-        .fill_null(False)
-        .alias("disallowed_txn_type")
-    )
+    return _not_allowed("txn_type", "allowed_txn_types", policies, "disallowed_txn_type")
 
 
-def disallowed_entry_mode() -> pl.Expr:
+def disallowed_entry_mode(policies: pl.DataFrame) -> pl.Expr:
     """Entry mode the policy does not allow."""
-    return (
-        (~pl.col("allowed_entry_modes").list.contains(pl.col("entry_mode")))
-        .fill_null(False)
-        .alias("disallowed_entry_mode")
-    )
+    return _not_allowed("entry_mode", "allowed_entry_modes", policies, "disallowed_entry_mode")
 
 
 def fallback_entry(entry_modes: list[str]) -> pl.Expr:
@@ -470,9 +479,9 @@ def enrich_transactions(
         night(int(g["night_start_hour"]), int(g["night_end_hour"])),
         round_amount(int(g["round_amount_minor"])),
         credit_card(),
-        disallowed_card_type(),
-        disallowed_txn_type(),
-        disallowed_entry_mode(),
+        disallowed_card_type(policies),
+        disallowed_txn_type(policies),
+        disallowed_entry_mode(policies),
         fallback_entry(list(config["fallback_abuse"]["entry_modes"])),
         decline_family(dict(config["decline_families"])),
         distance_km(),

@@ -187,6 +187,7 @@ def cloned_terminal_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("n_ip_back_switch").cast(pl.Float64),
             _f(net),
+            fires=False,
         ),
         Check(
             "serial_mismatch",

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings.from_env(db=getattr(args, "db", None))
+    # Prefect's temporary local API (used when no server is configured) can take well
+    # over its 20 s default to start on a busy 2-core machine, more so on first use.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not sys.stdout.isatty():
         # Tables printed to a pipe or a log keep their columns instead of rich's 80.
         os.environ.setdefault("COLUMNS", "160")
