@@ -53,33 +53,44 @@ def haversine_km(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> 
 
 
 def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFrame:
-    """Attach the registry row in force at each transaction's time.
+    """Attach the registry row in force at each transaction's time (row order kept).
 
     The row in force is the latest ``updated_at`` <= ``txn_time`` (contract).
     ``reg_known`` says whether the terminal id appears in the registry at all,
     ``reg_in_force`` whether a row was in force at that time. Attributes
     (location, MCC, kind, policy, serial) fall back to the terminal's earliest
     row when none is in force yet, so location and MCC checks still work.
+    Only narrow key frames are sorted for the as-of join; the wide rows are
+    joined back by index, keeping their order.
     """
     reg = registry.select(
         "terminal_id",
         *[pl.col(c).alias(f"reg_{c}") for c in REGISTRY_COLUMNS],
-    ).sort("reg_updated_at")
+    ).with_row_index("_reg_idx")
+    keys = (
+        txns.select("terminal_id", "txn_time")
+        .with_row_index("_row")
+        .sort("txn_time")
+        .join_asof(
+            reg.select("_reg_idx", "terminal_id", "reg_updated_at").sort("reg_updated_at"),
+            left_on="txn_time",
+            right_on="reg_updated_at",
+            by="terminal_id",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .sort("_row")
+        .select("_reg_idx")
+    )
     first = (
         reg.sort("terminal_id", "reg_updated_at")
         .group_by("terminal_id")
         .first()
         .select("terminal_id", *[pl.col(f"reg_{c}").alias(f"first_{c}") for c in REGISTRY_COLUMNS])
     )
-    joined = txns.sort("txn_time").join_asof(
-        reg,
-        left_on="txn_time",
-        right_on="reg_updated_at",
-        by="terminal_id",
-        strategy="backward",
-        check_sortedness=False,
-    )
-    joined = joined.join(first, on="terminal_id", how="left")
+    joined = pl.concat([txns, keys], how="horizontal")
+    joined = joined.join(reg.drop("terminal_id"), on="_reg_idx", how="left", maintain_order="left")
+    joined = joined.join(first, on="terminal_id", how="left", maintain_order="left")
     static = (
         "merchant_id",
         "serial_number",
@@ -90,11 +101,15 @@ def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFram
         "terminal_kind",
         "policy_id",
     )
-    return joined.with_columns(
-        pl.col("first_updated_at").is_not_null().alias("reg_known"),
-        pl.col("reg_updated_at").is_not_null().alias("reg_in_force"),
-        *[pl.coalesce(f"reg_{c}", f"first_{c}").alias(f"reg_{c}") for c in static],
-    ).drop([f"first_{c}" for c in REGISTRY_COLUMNS])
+    return (
+        joined.with_columns(
+            pl.col("first_updated_at").is_not_null().alias("reg_known"),
+            pl.col("reg_updated_at").is_not_null().alias("reg_in_force"),
+            *[pl.coalesce(f"reg_{c}", f"first_{c}").alias(f"reg_{c}") for c in static],
+        )
+        .drop([f"first_{c}" for c in REGISTRY_COLUMNS])
+        .drop("_reg_idx")
+    )
 
 
 def join_policy(txns: pl.LazyFrame, policies: pl.DataFrame) -> pl.LazyFrame:
@@ -107,7 +122,9 @@ def join_policy(txns: pl.LazyFrame, policies: pl.DataFrame) -> pl.LazyFrame:
         .alias("policy_key")
     )
     lists = ["allowed_card_types", "allowed_txn_types", "allowed_entry_modes"]
-    out = with_key.join(policies.drop(lists).lazy(), on="policy_key", how="left")
+    out = with_key.join(
+        policies.drop(lists).lazy(), on="policy_key", how="left", maintain_order="left"
+    )
     geofence = pl.lit(None, dtype=pl.Float64)
     for kind in TERMINAL_KINDS:
         geofence = (
@@ -470,8 +487,9 @@ def enrich_transactions(
     ]
     if extra:
         txns = txns.with_columns(extra)
+    # Sort once, while the rows are narrow; the joins keep this order.
+    txns = txns.sort("terminal_id", "txn_time", "txn_id")
     lf = join_policy(registry_in_force(txns, registry), policies)
-    lf = lf.sort("terminal_id", "txn_time", "txn_id")
     lf = lf.with_columns(
         approved(),
         cap_txn(),
