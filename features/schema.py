@@ -532,6 +532,37 @@ TERMINAL_DAY_COLUMNS: tuple[Column, ...] = (
     Column("run_id", "str", description="the run that computed the row"),
 )
 
+#: Compact per-day tables that ``pipelines/leakage.py`` keeps up to date, one day at a
+#: time, so the cross-terminal detectors read history in aggregate, not row by row. They
+#: are derived from ``transactions`` only (never from the config), so every run, backtests
+#: included, may refresh them; a day is recomputed when its transaction count changes.
+#: ``card_visit_days``: distinct cards per terminal and day by the day of their previous
+#: visit, so distinct cards over any window ``[s, e]`` are the rows of that window whose
+#: ``prev_date`` is before ``s`` (or null); rows with ``terminal_id = '*'`` count visits
+#: at any terminal.
+CARD_VISIT_DAYS_COLUMNS: tuple[Column, ...] = (
+    Column("terminal_id", "str", True, description="terminal, or '*' for any terminal"),
+    Column("local_date", "date", True),
+    Column(
+        "prev_date",
+        "date",
+        description="the cards' previous visit day (same terminal, or any for '*') within "
+        "CARD_VISIT_HORIZON_DAYS before local_date; null when none",
+    ),
+    Column("n_cards", "int", True, description="distinct cards (tokens) with that prev_date"),
+)
+#: How far back ``card_visit_days.prev_date`` looks; windows longer than this are
+#: computed from raw transactions instead.
+CARD_VISIT_HORIZON_DAYS = 366
+#: ``terminal_day_sales``: transaction and sales counts per terminal and day.
+TERMINAL_DAY_SALES_COLUMNS: tuple[Column, ...] = (
+    Column("terminal_id", "str", True),
+    Column("local_date", "date", True),
+    Column("n_txn", "int", True, description="all transactions (detects days that changed)"),
+    Column("n_sales", "int", True, description="transactions of the CAP_TXN_TYPES"),
+    Column("sales_amount", "int", True, description="sum of their amount_minor"),
+)
+
 #: Table name -> (columns, primary key columns).
 TABLES: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
     "terminals": (stored_columns(TERMINALS), ("terminal_id", "updated_at")),
@@ -547,6 +578,8 @@ TABLES: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
     "dispositions": (DISPOSITIONS_COLUMNS, ()),
     "at_risk_cards": (AT_RISK_CARDS_COLUMNS, ()),
     "terminal_day": (TERMINAL_DAY_COLUMNS, ("terminal_id", "local_date")),
+    "card_visit_days": (CARD_VISIT_DAYS_COLUMNS, ()),
+    "terminal_day_sales": (TERMINAL_DAY_SALES_COLUMNS, ("terminal_id", "local_date")),
 }
 
 

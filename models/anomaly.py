@@ -27,6 +27,8 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from kernels import isolation_forest_score_samples, pack_isolation_forest
+
 from features.peers import PEER_FEATURES
 from features.schema import DETECTION_SCHEMA, REASON_STRUCT
 
@@ -84,6 +86,10 @@ class PeerAnomalyDetector(OutlierMixin, BaseEstimator):
     ----------
     forest_ : IsolationForest
         The fitted forest.
+    packed_ : kernels.PackedForest
+        The same forest flattened for the compiled scorer
+        (:func:`kernels.isolation_forest_score_samples`, equal to scikit-learn's
+        ``score_samples`` within 1e-9); every score below comes from it.
     offset_ : float
         ``score_samples`` below this is an alert.
 
@@ -116,14 +122,16 @@ class PeerAnomalyDetector(OutlierMixin, BaseEstimator):
             max_samples=self.max_samples,
             random_state=self.random_state,
         ).fit(X)
-        self.offset_ = float(np.quantile(self.forest_.score_samples(X), self.alert_budget))
+        self.packed_ = pack_isolation_forest(self.forest_)
+        scores = isolation_forest_score_samples(self.packed_, X)
+        self.offset_ = float(np.quantile(scores, self.alert_budget))
         return self
 
     def score_samples(self, X):
         """Opposite of the anomaly score: lower is more abnormal (in [-1, 0])."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self.forest_.score_samples(X)
+        return isolation_forest_score_samples(self.packed_, X)
 
     def decision_function(self, X):
         """``score_samples - offset_``: negative means an alert."""

@@ -19,6 +19,7 @@ For every file, rows read = accepted + quarantined + duplicates.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,13 +35,19 @@ from typing import Any
 
 import duckdb
 
-from features.redaction import CANDIDATE_PATTERN, redact_card_numbers
+from features.redaction import (
+    CANDIDATE_PATTERN,
+    FREE_TEXT_MIN_DIGITS,
+    RAW_ROW_MIN_DIGITS,
+    redact_card_numbers,
+)
 from features.schema import (
     CARD_TYPES,
     DEFAULT_POLICY_ID,
     ENTRY_MODES,
     FRAUD_REPORTS,
     INPUT_KINDS,
+    PAN_REDACTION_MARKER,
     POLICIES_KIND,
     POLICY_KEYS,
     TABLES,
@@ -66,6 +73,7 @@ from pipelines.readers import (
     FileInfo,
     UnreadableFile,
     close_source,
+    numbered_sql,
     open_source,
     sniff,
 )
@@ -73,6 +81,11 @@ from pipelines.settings import PROJECT_ROOT, Settings
 
 DEFAULT_POLICIES_FILE = PROJECT_ROOT / "pipelines" / "default_policies.toml"
 STAGE = "_tg_stage"
+REDACT_UDF = "_tg_redact"
+REDACT_ROW_UDF = "_tg_redact_row"
+#: DuckDB memory limit while ingesting (``TRIALGUARD_INGEST_MEMORY_LIMIT`` overrides it);
+#: above it the staging table spills to ``<db>.tmp``, safe because it holds no raw PAN.
+INGEST_MEMORY_LIMIT = "2GB"
 #: Rows handed to the Great Expectations gate per file (a seeded reservoir sample).
 GATE_SAMPLE_ROWS = 100_000
 #: Order in which a folder's files are ingested (policies, registry, then the rest).
@@ -336,46 +349,73 @@ _TYPE_WORDS = {
 }
 
 
-def stage_sql(kind: InputKind, names: Sequence[str], tz: str, has_key: bool) -> str:
+def stage_sql(
+    kind: InputKind,
+    names: Sequence[str],
+    tz: str,
+    has_key: bool,
+    numbered: Callable[[str], str] | None = None,
+) -> str:
     """The statement that creates the staging table of one file.
 
     Every contract column gets its typed value, ``pan`` becomes ``card_token``
     (+ ``card_bin``, ``card_last4``), unknown columns go to ``extra`` as JSON,
     ``_reason`` says in words why a row is invalid (``NULL`` when valid) and
     ``_raw`` keeps an invalid row as read, with ``pan`` masked.
+
+    Card numbers are tokenised, masked and redacted in the first projection
+    over the reader (``c0``); line numbering (``numbered(relation)``, which may
+    need a window that buffers its input) comes after it, so no operator that
+    may spill to disk ever holds a raw PAN. Without ``numbered`` the source
+    view must already have ``_line``.
     """
     present = set(names)
     contract = set(kind.names)
     extras = [n for n in names if n not in contract]
     cols_by_name = {c.name: c for c in kind.columns}
 
+    def is_free(name: str) -> bool:
+        col = cols_by_name.get(name)
+        return col is None or col.free_text
+
     def raw_expr(name: str) -> str:
         if name not in present:
             return "CAST(NULL AS VARCHAR)"
-        col = cols_by_name.get(name)
-        if col is not None and col.free_text or col is None:
-            return f"NULLIF({_ident(name)}, '')"
+        if is_free(name):
+            # card numbers in free text are redacted as the file is read: no table
+            # (in memory or spilled to disk) ever holds them
+            return f"{REDACT_UDF}(NULLIF({_ident(name)}, ''))"
         return f"NULLIF(TRIM({_ident(name)}), '')"
 
-    clean = [f"{raw_expr(n)} AS {_raw(n)}" for n in kind.names]
-    clean += [f"{raw_expr(n)} AS {_raw(n)}" for n in extras]
+    has_pan = "pan" in kind.names
+    clean = [f"{raw_expr(n)} AS {_raw(n)}" for n in [*kind.names, *extras] if n != "pan"]
+    carried = [_raw(n) for n in [*kind.names, *extras]]
+    if has_pan:
+        p = f"NULLIF(TRIM({_ident('pan')}), '')" if "pan" in present else "CAST(NULL AS VARCHAR)"
+        ok = f"({p} IS NOT NULL AND regexp_full_match({p}, '[0-9]{{12,19}}'))"
+        clean += [
+            f"{mask_pan_sql(p)} AS {_raw('pan')}",
+            f"{ok} AS _pan_ok",
+            f"CASE WHEN {ok} THEN {token_sql(p)} END AS _pan_token",
+            f"CASE WHEN {ok} THEN left({p}, 6) END AS _pan_bin",
+            f"CASE WHEN {ok} THEN right({p}, 4) END AS _pan_last4",
+        ]
+        carried += ["_pan_ok", "_pan_token", "_pan_bin", "_pan_last4"]
+    free_present = [n for n in names if is_free(n)]
+    marks0 = " + ".join(_marker_count(_ident(n)) for n in free_present) or "0"
+    nred = " + ".join(_marker_count(_raw(n)) for n in free_present) + " - _marks0" or "0"
+    if not free_present:
+        nred = "0"
 
     typed: dict[str, str] = {}
     for col in kind.columns:
         if col.name == "pan":
             continue
         typed[col.name] = _typed_sql(col, _raw(col.name), tz)
-    has_pan = "pan" in kind.names
     if has_pan:
-        pan = _raw("pan")
-        pan_ok = f"({pan} IS NOT NULL AND regexp_full_match({pan}, '[0-9]{{12,19}}'))"
-        typed["card_token"] = (
-            f"CASE WHEN {pan_ok} THEN {token_sql(pan)} ELSE {_raw('card_token')} END"
-        )
-        typed["card_bin"] = f"CASE WHEN {pan_ok} THEN left({pan}, 6) ELSE {_raw('card_bin')} END"
-        typed["card_last4"] = (
-            f"CASE WHEN {pan_ok} THEN right({pan}, 4) ELSE {_raw('card_last4')} END"
-        )
+        typed["card_token"] = f"CASE WHEN _pan_ok THEN _pan_token ELSE {_raw('card_token')} END"
+        typed["card_bin"] = f"CASE WHEN _pan_ok THEN _pan_bin ELSE {_raw('card_bin')} END"
+        typed["card_last4"] = f"CASE WHEN _pan_ok THEN _pan_last4 ELSE {_raw('card_last4')} END"
     if kind is TRANSACTIONS:
         typed["local_date"] = f"CAST(({typed['txn_time']}) AS DATE)"
     if kind is TERMINAL_EVENTS:
@@ -395,7 +435,7 @@ def stage_sql(kind: InputKind, names: Sequence[str], tz: str, has_key: bool) -> 
             reasons.append(f"CASE WHEN {r} IS NULL THEN '{col.name} is missing (required)' END")
         if col.name == "pan":
             reasons.append(
-                f"CASE WHEN {r} IS NOT NULL AND NOT regexp_full_match({r}, '[0-9]{{12,19}}') "
+                f"CASE WHEN {r} IS NOT NULL AND NOT _pan_ok "
                 "THEN 'pan is not 12-19 digits (value withheld); expected the card number "
                 "digits only' END"
             )
@@ -450,23 +490,83 @@ def stage_sql(kind: InputKind, names: Sequence[str], tz: str, has_key: bool) -> 
 
     raw_fields = []
     for n in names:
-        value = mask_pan_sql(_raw(n)) if n == "pan" else _raw(n)
-        raw_fields.append(f"{_lit(n)}, {value}")
+        raw_fields.append(f"{_lit(n)}, {_raw(n)}")  # pan is masked already
     raw_json = "json_object(" + ", ".join(raw_fields) + ")"
 
     stored = [c.name for c in TABLES[kind.name][0] if c.name not in ("file_id", "line_no")]
     typed_select = ", ".join(f"{typed[n]} AS {_ident(n)}" for n in stored)
     reason = "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')"
     key_flag = ", false AS _dup" if has_key else ""
+    # c0 is the only relation that sees raw card numbers (pan, free text); it is
+    # streamed from the reader, never stored: the staging table holds tokens,
+    # masked and redacted values only
+    excluded = ", ".join(_ident(n) for n in names)
+    c0 = f"SELECT * EXCLUDE ({excluded}), {', '.join(clean)}, {marks0} AS _marks0 FROM {SOURCE_VIEW}"
+    cn = numbered("c0") if numbered is not None else "SELECT * FROM c0"
     return (
         f"CREATE OR REPLACE TEMP TABLE {STAGE} AS "
-        f"WITH c AS (SELECT {LINE_COLUMN}, {', '.join(clean)} FROM {SOURCE_VIEW}), "
+        f"WITH c0 AS ({c0}), cn AS ({cn}), "
+        f"c AS (SELECT {LINE_COLUMN}, {', '.join(carried)}, {nred} AS _nred FROM cn), "
         f"t AS (SELECT c.*, {typed_select} FROM c), "
         f"v AS (SELECT t.*, {reason} AS _reason FROM t) "
         f"SELECT {LINE_COLUMN}, {', '.join(_ident(n) for n in stored)}, _reason, "
-        f"CASE WHEN _reason IS NOT NULL THEN CAST({raw_json} AS VARCHAR) END AS _raw, 0 AS _nred{key_flag} "
-        f"FROM v"
+        f"CASE WHEN _reason IS NOT NULL THEN {REDACT_ROW_UDF}(CAST({raw_json} AS VARCHAR)) END "
+        f"AS _raw, _nred{key_flag} FROM v"
     )
+
+
+def _marker_count(sql: str) -> str:
+    m = _lit(PAN_REDACTION_MARKER)
+    return f"((length(coalesce({sql}, '')) - length(replace(coalesce({sql}, ''), {m}, ''))) // {len(PAN_REDACTION_MARKER)})"
+
+
+def _redact_arrow(values: Any, min_digits: int) -> Any:
+    """Arrow UDF body: redact Luhn-valid card-number runs; only candidates reach Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    hits = pc.match_substring_regex(values, CANDIDATE_PATTERN)
+    if not pc.any(hits).as_py():
+        return values
+    out = [
+        redact_card_numbers(v, min_digits=min_digits)[0] if hit else v
+        for v, hit in zip(values.to_pylist(), hits.to_pylist(), strict=True)
+    ]
+    return pa.array(out, type=pa.string())
+
+
+def _redact_free_text(values: Any) -> Any:
+    return _redact_arrow(values, FREE_TEXT_MIN_DIGITS)
+
+
+def _redact_raw_rows(values: Any) -> Any:
+    return _redact_arrow(values, RAW_ROW_MIN_DIGITS)
+
+
+def register_redaction(con: duckdb.DuckDBPyConnection) -> None:
+    """Register the SQL functions :func:`stage_sql` uses to redact card numbers while reading.
+
+    ``_tg_redact(text)`` replaces Luhn-valid 13-19 digit runs (free text);
+    ``_tg_redact_row(text)`` replaces 12-19 digit ones (quarantined raw rows).
+    Registering again on the same connection does nothing.
+    """
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT function_name FROM duckdb_functions() WHERE function_name IN (?, ?)",
+            [REDACT_UDF, REDACT_ROW_UDF],
+        ).fetchall()
+    }
+    for name, func in ((REDACT_UDF, _redact_free_text), (REDACT_ROW_UDF, _redact_raw_rows)):
+        if name not in have:
+            con.create_function(
+                name,
+                func,
+                ["VARCHAR"],
+                "VARCHAR",
+                type="arrow",
+                side_effects=False,
+            )
 
 
 def content_columns(kind: InputKind) -> list[str]:
@@ -529,22 +629,6 @@ def _update_from_rows(
         con.unregister("_tg_updates")
 
 
-def _redact_free_text(con: duckdb.DuckDBPyConnection, kind: InputKind) -> None:
-    """Replace card-number-like runs in free-text columns of valid rows (counted in ``_nred``)."""
-    for name in free_text_columns(kind):
-        rows = con.execute(
-            f"SELECT {LINE_COLUMN}, CAST({_ident(name)} AS VARCHAR) FROM {STAGE} "
-            f"WHERE _reason IS NULL AND regexp_matches(CAST({_ident(name)} AS VARCHAR), "
-            f"{_lit(CANDIDATE_PATTERN)})"
-        ).fetchall()
-        updates = []
-        for line, value in rows:
-            redacted, n = redact_card_numbers(value)
-            if n:
-                updates.append((line, redacted, n))
-        _update_from_rows(con, name, updates)
-
-
 def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) -> None:
     """Mark repeats inside the file and against the store as duplicates or conflicts."""
     keys = list(TABLES[kind.name][1])
@@ -602,7 +686,7 @@ def _write_quarantine(
     return _count(
         con,
         f"INSERT INTO quarantine SELECT ?, ?, ?, {LINE_COLUMN}, _reason, _raw, ? "
-        f"FROM {STAGE} WHERE _reason IS NOT NULL ORDER BY {LINE_COLUMN}",
+        f"FROM {STAGE} WHERE _reason IS NOT NULL",
         [info.file_id, str(info.path), kind, now],
     )
 
@@ -616,7 +700,7 @@ def _write_accepted(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: st
     return _count(
         con,
         f"INSERT INTO {kind.name} ({', '.join(_ident(c) for c in cols)}) "
-        f"SELECT {select} FROM {STAGE} WHERE _reason IS NULL{dup} ORDER BY {LINE_COLUMN}",
+        f"SELECT {select} FROM {STAGE} WHERE _reason IS NULL{dup}",
         [file_id],
     )
 
@@ -706,7 +790,8 @@ def _load_table_file(
         result.kind = kind.name
         clock.lap("read")
         has_key = bool(TABLES[kind.name][1])
-        sql = stage_sql(kind, names, tz, has_key)
+        sql = stage_sql(kind, names, tz, has_key, functools.partial(numbered_sql, con, info))
+        register_redaction(con)
         params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
         try:
             con.execute(sql, params) if params else con.execute(sql)
@@ -717,7 +802,6 @@ def _load_table_file(
         clock.lap("stage")
     finally:
         close_source(con)
-    _redact_free_text(con, kind)
     if kind is TERMINAL_EVENTS:
         con.execute(f"UPDATE {STAGE} SET event_id = {EVENT_ID_SQL}")
     clock.lap("redact")
@@ -1041,6 +1125,8 @@ def ingest_paths(
         try:
             con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
             con.execute("SET enable_progress_bar = false")
+            previous_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+            con.execute(f"SET memory_limit = {_lit(ingest_memory_limit())}")
             run_id = _start_run(con, files)
             checker = None
             if gate:
@@ -1055,10 +1141,21 @@ def ingest_paths(
                 checker.build_docs()
             report = IngestReport(run_id, results, time.perf_counter() - t0)
             _finish_run(con, report)
+            if not own:
+                con.execute(f"SET memory_limit = {_lit(previous_limit)}")
         finally:
             if own:
                 con.close()
     return report
+
+
+def ingest_memory_limit() -> str:
+    """DuckDB ``memory_limit`` while ingesting: ``TRIALGUARD_INGEST_MEMORY_LIMIT`` or 2GB.
+
+    Peak resident memory is about this plus the Python side (Great Expectations,
+    the gate sample); larger work spills to the database's temp folder.
+    """
+    return os.environ.get("TRIALGUARD_INGEST_MEMORY_LIMIT", "").strip() or INGEST_MEMORY_LIMIT
 
 
 def _start_run(con: duckdb.DuckDBPyConnection, files: list[Path]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import duckdb
 import polars as pl
 
-from features.schema import DETECTION_SCHEMA, PAN_REDACTION_MARKER
+from features.schema import CARD_VISIT_HORIZON_DAYS, DETECTION_SCHEMA, PAN_REDACTION_MARKER
 from models.compromise import (
     AT_RISK_SCHEMA,
     CompromiseParams,
@@ -47,7 +47,7 @@ class LeakageResult(NamedTuple):
 
 
 def _frame(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any] | None = None
 ) -> pl.DataFrame:
     """Run ``sql`` and return the result as a polars frame."""
     return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
@@ -134,6 +134,168 @@ def read_terminal_sales(con: duckdb.DuckDBPyConnection, start: date, end: date) 
         FROM transactions
         WHERE local_date BETWEEN ? AND ? AND txn_type IN ({types})
         GROUP BY terminal_id
+        """,
+        [start, end],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Incremental day tables: ``card_visit_days`` and ``terminal_day_sales``
+# ---------------------------------------------------------------------------
+
+_CACHE_TABLES = ("card_visit_days", "terminal_day_sales")
+
+
+def _writable_cache(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` can keep the day tables (writable database that has them)."""
+    rows = con.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    if not rows or rows[0][0]:
+        return False
+    have = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name IN (?, ?)",
+        list(_CACHE_TABLES),
+    ).fetchall()
+    return have[0][0] == len(_CACHE_TABLES)
+
+
+def _stale_days(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[date]:
+    """Days in ``[start, end]`` whose stored transaction count differs from ``transactions``."""
+    rows = con.execute(
+        """
+        SELECT coalesce(a.local_date, s.local_date) AS d
+        FROM (SELECT local_date, count(*) AS n FROM transactions
+              WHERE local_date BETWEEN ? AND ? GROUP BY local_date) a
+        FULL OUTER JOIN (SELECT local_date, sum(n_txn) AS n FROM terminal_day_sales
+              WHERE local_date BETWEEN ? AND ? GROUP BY local_date) s USING (local_date)
+        WHERE a.n IS DISTINCT FROM s.n
+        ORDER BY d
+        """,
+        [start, end, start, end],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _refresh_day(con: duckdb.DuckDBPyConnection, day: date) -> None:
+    """Recompute the day tables' rows of ``day`` from ``transactions``."""
+    types = ", ".join(f"'{t}'" for t in SALE_TYPES)
+    for table in _CACHE_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE local_date = ?", [day]).fetchall()
+    con.execute(
+        f"""
+        INSERT INTO terminal_day_sales
+        SELECT terminal_id, local_date, count(*),
+               count(*) FILTER (WHERE txn_type IN ({types})),
+               coalesce(sum(amount_minor) FILTER (WHERE txn_type IN ({types})), 0)
+        FROM transactions WHERE local_date = ? GROUP BY terminal_id, local_date
+        """,
+        [day],
+    ).fetchall()
+    con.execute(
+        """
+        INSERT INTO card_visit_days
+        WITH today AS (
+            SELECT DISTINCT terminal_id, card_token FROM transactions
+            WHERE local_date = $day AND card_token IS NOT NULL
+        ),
+        before AS (
+            SELECT terminal_id, card_token, max(local_date) AS prev_date
+            FROM transactions
+            WHERE local_date >= $day - $horizon AND local_date < $day
+              AND card_token IN (SELECT card_token FROM today)
+            GROUP BY terminal_id, card_token
+        ),
+        per_terminal AS (
+            SELECT t.terminal_id, b.prev_date
+            FROM today t LEFT JOIN before b USING (terminal_id, card_token)
+        ),
+        any_terminal AS (
+            SELECT c.card_token, max(b.prev_date) AS prev_date
+            FROM (SELECT DISTINCT card_token FROM today) c
+            LEFT JOIN before b USING (card_token)
+            GROUP BY c.card_token
+        )
+        SELECT terminal_id, $day, prev_date, count(*) FROM per_terminal
+        GROUP BY terminal_id, prev_date
+        UNION ALL
+        SELECT '*', $day, prev_date, count(*) FROM any_terminal GROUP BY prev_date
+        """,
+        {"day": day, "horizon": CARD_VISIT_HORIZON_DAYS},
+    ).fetchall()
+
+
+def refresh_day_tables(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[date]:
+    """Bring ``card_visit_days`` and ``terminal_day_sales`` up to date for ``[start, end]``.
+
+    A day is recomputed when its transaction count differs from the stored one (new
+    day, late file); every later day up to ``end`` is recomputed with it (their
+    ``prev_date`` may change) and stored days after ``end`` are dropped (they are
+    recomputed when a run needs them). The tables depend on ``transactions`` only,
+    never on the config, so backtests may refresh them too. Returns the recomputed
+    days; an up-to-date range costs one scan of ``local_date`` over the range.
+    """
+    stale = _stale_days(con, start, end)
+    if not stale:
+        return []
+    days = [stale[0] + timedelta(days=i) for i in range((end - stale[0]).days + 1)]
+    con.execute("BEGIN TRANSACTION").fetchall()
+    try:
+        for table in _CACHE_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE local_date > ?", [end]).fetchall()
+        for day in days:
+            _refresh_day(con, day)
+        con.execute("COMMIT").fetchall()
+    except BaseException:
+        con.execute("ROLLBACK").fetchall()
+        raise
+    return days
+
+
+def read_terminal_cards_cached(
+    con: duckdb.DuckDBPyConnection, start: date, end: date
+) -> tuple[pl.DataFrame, int]:
+    """:func:`read_terminal_cards` from ``card_visit_days`` (refreshed beforehand).
+
+    A card seen at a terminal in ``[start, end]`` is counted on its first visit day in
+    the window, the only one whose previous visit is before ``start`` (or unknown).
+    """
+    per_terminal = _frame(
+        con,
+        """
+        SELECT s.terminal_id, coalesce(c.n_cards, 0)::BIGINT AS n_cards
+        FROM (SELECT DISTINCT terminal_id FROM terminal_day_sales
+              WHERE local_date BETWEEN $s AND $e) s
+        LEFT JOIN (SELECT terminal_id, sum(n_cards) AS n_cards FROM card_visit_days
+                   WHERE local_date BETWEEN $s AND $e AND terminal_id <> '*'
+                     AND (prev_date IS NULL OR prev_date < $s)
+                   GROUP BY terminal_id) c USING (terminal_id)
+        """,
+        {"s": start, "e": end},
+    )
+    n_active = con.execute(
+        """
+        SELECT coalesce(sum(n_cards), 0) FROM card_visit_days
+        WHERE local_date BETWEEN $s AND $e AND terminal_id = '*'
+          AND (prev_date IS NULL OR prev_date < $s)
+        """,
+        {"s": start, "e": end},
+    ).fetchall()[0][0]
+    return per_terminal, int(n_active)
+
+
+def read_terminal_sales_cached(
+    con: duckdb.DuckDBPyConnection, start: date, end: date
+) -> pl.DataFrame:
+    """:func:`read_terminal_sales` from ``terminal_day_sales`` (refreshed beforehand)."""
+    return _frame(
+        con,
+        """
+        SELECT terminal_id, sum(n_sales)::BIGINT AS n_sales,
+               sum(sales_amount)::BIGINT AS sales_amount
+        FROM terminal_day_sales WHERE local_date BETWEEN ? AND ?
+        GROUP BY terminal_id HAVING sum(n_sales) > 0
         """,
         [start, end],
     )
@@ -249,13 +411,22 @@ def run_leakage(
     reports = read_known_reports(con, as_of, since)
     card_txns = read_reported_card_txns(con, as_of, since, min(cpp_start, hot_start))
 
+    # per-terminal aggregates: from the incremental day tables when the database can
+    # keep them (cost grows with the day's volume), else from raw transactions
+    first = min(cpp_start, hot_start)
+    cached = (as_of - first).days < CARD_VISIT_HORIZON_DAYS and _writable_cache(con)
+    if cached:
+        refresh_day_tables(con, first, as_of)
+    read_cards = read_terminal_cards_cached if cached else read_terminal_cards
+    read_sales = read_terminal_sales_cached if cached else read_terminal_sales
+
     # card_compromise
-    terminal_cards, n_active = read_terminal_cards(con, cpp_start, as_of)
+    terminal_cards, n_active = read_cards(con, cpp_start, as_of)
     compromise = score_card_compromise(reports, card_txns, terminal_cards, n_active, as_of, cpp)
     at_risk = at_risk_cards(read_period_txns(con, compromise.periods), compromise.periods, reports)
 
     # fraud_hotspot
-    sales = read_terminal_sales(con, hot_start, as_of)
+    sales = read_sales(con, hot_start, as_of)
     hotspot = score_fraud_hotspot(reports, card_txns, sales, as_of, hot)
 
     # pan_exposure

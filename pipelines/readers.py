@@ -49,6 +49,8 @@ EXTENSION_FORMATS = {
 }
 SOURCE_VIEW = "_tg_source"
 LINE_COLUMN = "_line"
+#: 1-based record number, in the source view when the reader gives it without a window
+RN_COLUMN = "_tg_rn"
 
 
 class UnreadableFile(ValueError):
@@ -349,30 +351,45 @@ def _open_csv_transcoded(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list
     names = [c.lstrip("\ufeff").strip() for c in frame.columns]
     _check_names(info, names)
     frame.columns = names
+    frame = frame.with_row_index(RN_COLUMN, offset=1)
     con.register("_tg_arrow", frame.to_arrow())
     return _finish_csv(con, info, "_tg_arrow", names)
 
 
 def _finish_csv(con, info: FileInfo, relation: str, names: list[str]) -> list[str]:
     cols = ", ".join(_ident(n) for n in names)
-    if info.simple_lines:
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, "
-            f"(row_number() OVER ()) + 1 AS {LINE_COLUMN} FROM {relation}"
-        )
-        return names
-    import pyarrow as pa
+    if relation == "_tg_arrow":
+        cols += f", {RN_COLUMN}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols} FROM {relation}")
+    if not info.simple_lines:
+        import pyarrow as pa
 
-    starts = csv_line_starts(info)
-    lines = pa.table({"_rn": list(range(1, len(starts) + 1)), "_start": starts})
-    con.register("_tg_lines", lines)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT s.* EXCLUDE (_rn), "
-        f"coalesce(l._start, s._rn + 1) AS {LINE_COLUMN} FROM "
-        f"(SELECT {cols}, row_number() OVER () AS _rn FROM {relation}) s "
-        "LEFT JOIN _tg_lines l USING (_rn)"
-    )
+        starts = csv_line_starts(info)
+        lines = pa.table({"_rn": list(range(1, len(starts) + 1)), "_start": starts})
+        con.register("_tg_lines", lines)
     return names
+
+
+def numbered_sql(con: duckdb.DuckDBPyConnection, info: FileInfo, relation: str) -> str:
+    """A query adding ``_line`` to ``relation`` (a projection of the source view).
+
+    The view itself has no line numbers: when the reader gives no record number,
+    numbering needs ``row_number() OVER ()``, whose window buffers (and may spill)
+    its whole input, so it is applied after the caller's first projection (the
+    one that tokenises card numbers), not over the raw text.
+    """
+    view_cols = {r[0] for r in con.execute(f"DESCRIBE {SOURCE_VIEW}").fetchall()}
+    if RN_COLUMN in view_cols:
+        inner = f"SELECT * EXCLUDE ({RN_COLUMN}), {RN_COLUMN} AS _tg_n FROM {relation}"
+    else:
+        inner = f"SELECT *, row_number() OVER () AS _tg_n FROM {relation}"
+    if info.format == "csv" and not info.simple_lines:
+        return (
+            f"SELECT s.* EXCLUDE (_tg_n), coalesce(l._start, s._tg_n + 1) AS {LINE_COLUMN} "
+            f"FROM ({inner}) s LEFT JOIN _tg_lines l ON l._rn = s._tg_n"
+        )
+    offset = 1 if info.format == "csv" else 0  # CSV: the header is line 1
+    return f"SELECT * EXCLUDE (_tg_n), _tg_n + {offset} AS {LINE_COLUMN} FROM ({inner})"
 
 
 def _check_names(info: FileInfo, names: list[str]) -> None:
@@ -391,12 +408,11 @@ def _check_names(info: FileInfo, names: list[str]) -> None:
 def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     comp = "gzip" if info.compression else "none"
     src = f"read_ndjson_objects({_sql_str(str(info.path))}, compression='{comp}')"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tg_json AS SELECT json, "
-        f"row_number() OVER () AS {LINE_COLUMN} FROM {src}"
-    )
+    # the file is read again per query rather than kept in a table of raw JSON
+    # (which would hold card numbers); windows only ever see types and key lists
     bad = con.execute(
-        f"SELECT min({LINE_COLUMN}) FROM _tg_json WHERE json_type(json) <> 'OBJECT'"
+        f"SELECT min(rn) FROM (SELECT t, row_number() OVER () AS rn FROM "
+        f"(SELECT json_type(json) AS t FROM {src})) WHERE t <> 'OBJECT'"
     ).fetchall()[0][0]
     if bad is not None:
         raise UnreadableFile(
@@ -406,17 +422,16 @@ def _open_jsonl(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     names = [
         r[0]
         for r in con.execute(
-            "SELECT k FROM (SELECT unnest(json_keys(json)) AS k, "
-            f"{LINE_COLUMN} FROM _tg_json) GROUP BY k ORDER BY min({LINE_COLUMN}), k"
+            "SELECT k FROM (SELECT unnest(ks) AS k, rn FROM (SELECT ks, row_number() OVER () "
+            f"AS rn FROM (SELECT json_keys(json) AS ks FROM {src}))) GROUP BY k "
+            "ORDER BY min(rn), k"
         ).fetchall()
     ]
     if not names:
         raise UnreadableFile(f"{info.path.name} holds no JSON records with keys")
     _check_names(info, [n.strip() for n in names])
     cols = ", ".join(f"json ->> {_sql_str('$.' + _json_key(n))} AS {_ident(n)}" for n in names)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, {LINE_COLUMN} FROM _tg_json"
-    )
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols} FROM {src}")
     return names
 
 
@@ -426,13 +441,15 @@ def _json_key(name: str) -> str:
 
 def _open_parquet(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     if info.compression:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         with gzip.open(info.path, "rb") as fh:
             table = pq.read_table(io.BytesIO(fh.read()))
-        con.register("_tg_arrow", table)
         names = list(table.column_names)
-        relation = "(SELECT *, row_number() OVER () - 1 AS file_row_number FROM _tg_arrow)"
+        table = table.append_column("file_row_number", pa.array(range(table.num_rows)))
+        con.register("_tg_arrow", table)
+        relation = "_tg_arrow"
     else:
         relation = f"read_parquet({_sql_str(str(info.path))}, file_row_number=true)"
         names = [n for n in _columns_of(con, relation) if n != "file_row_number"]
@@ -440,6 +457,6 @@ def _open_parquet(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
     cols = ", ".join(f"CAST({_ident(n)} AS VARCHAR) AS {_ident(n)}" for n in names)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols}, "
-        f"file_row_number + 1 AS {LINE_COLUMN} FROM {relation}"
+        f"file_row_number + 1 AS {RN_COLUMN} FROM {relation}"
     )
     return names

@@ -138,3 +138,17 @@ def test_peer_group_backs_off_to_coarser_groups():
     groups = dict(zip(peers["region_code"], peers["peer_group"], strict=False))
     assert groups["310101"] == "5411/310101/fixed_pos"
     assert groups["110101"] == "5411/fixed_pos"
+
+
+def test_packed_forest_scores_equal_sklearn():
+    """Scores come from the compiled packed forest and equal scikit-learn's within 1e-9."""
+    rng = np.random.default_rng(7)
+    X = np.clip(np.abs(rng.standard_t(2, size=(3000, len(MODEL_FEATURES)))), 0.0, 50.0)
+    X[:5] = 30.0
+    det = PeerAnomalyDetector(n_estimators=50, random_state=3).fit(X)
+    got = det.score_samples(X)
+    want = det.forest_.score_samples(X)
+    np.testing.assert_allclose(got, want, rtol=0.0, atol=1e-9)
+    assert det.offset_ == pytest.approx(float(np.quantile(want, det.alert_budget)), abs=1e-9)
+    # The scores are not constant: the planted rows are the most abnormal.
+    assert got[:5].max() < np.quantile(got, 0.01)
