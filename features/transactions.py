@@ -2,7 +2,8 @@
 
 Everything here is a polars expression builder named after the column it
 produces, composed by :func:`enrich_transactions` in a few ``with_columns``
-stages. Input frames are lazy; nothing is collected here.
+stages. Input frames are lazy; :func:`enrich_transactions` collects once, to
+hand the sorted rows to the numba kernels (:func:`with_sequence_kernels`).
 
 Expected input: transaction rows of the stored ``transactions`` table, sorted
 or not, optionally with ``orig_terminal_id``, ``orig_card_token`` and
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from features.schema import APPROVED_RESPONSE_CODE, CAP_TXN_TYPES, TERMINAL_KINDS
+from kernels import device_interleaving, same_value_recent
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -455,6 +458,110 @@ def same_card_burst(k: int, window_s: int) -> pl.Expr:
     )
 
 
+# ---------------------------------------------------------------------------
+# Kernel-backed sequence features (materialised frame, rows sorted by terminal, time)
+# ---------------------------------------------------------------------------
+
+#: Largest int64 magnitude used for tie-broken kernel times (headroom below 2**63).
+_MAX_KERNEL_TIME = 2**62
+
+
+def _group_codes(terminal_id: pl.Series) -> np.ndarray:
+    """int64 code per row, increasing with ``terminal_id`` (rows sorted by terminal)."""
+    change = terminal_id.ne_missing(terminal_id.shift(1)).fill_null(True)
+    return change.cast(pl.Int64).cum_sum().to_numpy()
+
+
+def _value_codes(values: pl.Series) -> np.ndarray:
+    """Non-negative int64 code per value (64-bit hash halved), -1 for null."""
+    # hash() gives nulls a hash too, so they are replaced explicitly.
+    h = (values.hash() // 2).cast(pl.Int64)
+    return h.zip_with(values.is_not_null(), pl.Series([-1], dtype=pl.Int64)).to_numpy()
+
+
+def _tie_broken_times(group: np.ndarray, t_us: np.ndarray, window_us: int):
+    """Times and window that make ties follow row order for the window kernels.
+
+    Returns ``(t2, w2)`` with ``t2 = (t - t_min) * M + r`` (``r`` the row's rank in
+    its group, ``M / 2`` above every rank) and ``w2 = window_us * M + M / 2``, so that
+    ``t2_i - t2_j < w2`` exactly when ``t_i - t_j <= window_us`` for an earlier row j,
+    and no two rows of a group tie. ``None`` when the values would not fit in int64.
+    """
+    n = group.shape[0]
+    idx = np.arange(n, dtype=np.int64)
+    first = np.r_[True, group[1:] != group[:-1]]
+    start = np.maximum.accumulate(np.where(first, idx, 0))
+    rank = idx - start
+    half = 1 << int(max(int(rank.max()) + 1, 1)).bit_length()
+    m = 2 * half
+    rel = t_us - t_us.min()
+    if (int(rel.max()) + window_us + 1) * m >= _MAX_KERNEL_TIME:
+        return None
+    return rel * m + rank, window_us * m + half
+
+
+def _kernel_stan_repeat(df: pl.DataFrame, group: np.ndarray, t_us: np.ndarray) -> np.ndarray | None:
+    """:func:`stan_repeat` by ``same_value_recent`` on a hash of the repeat key (None: overflow).
+
+    Within a terminal, the value is the hash of (day, STAN, amount, card) and the
+    window covers every row, so a count above 1 means an earlier row (in row
+    order, times tie-broken) carried the same content.
+    """
+    has = df.get_column("stan").is_not_null().to_numpy()
+    sel = np.flatnonzero(has)
+    out = np.zeros(df.height, dtype=np.bool_)
+    if sel.size == 0:
+        return out
+    g, t = group[sel], t_us[sel]
+    tied = _tie_broken_times(g, t, int(t.max() - t.min()) + 1)
+    if tied is None:
+        return None
+    key = (
+        df.select(pl.struct("local_date", "stan", "amount_minor", "card_token").hash() // 2)
+        .to_series()
+        .cast(pl.Int64)
+        .gather(sel)
+        .to_numpy()
+    )
+    out[sel] = same_value_recent(g, tied[0], key, tied[1]) > 1
+    return out
+
+
+def with_sequence_kernels(df: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
+    """Add ``serial_switch``, ``stan_repeat`` and ``same_card_burst`` from the numba kernels.
+
+    Kernel-backed, so it takes and returns a **materialised** frame (not an
+    expression): rows must be sorted by ``(terminal_id, txn_time)`` (as
+    :func:`enrich_transactions` sorts them) and carry ``cap_txn``. The results
+    equal :func:`serial_switch` and :func:`same_card_burst` row for row (ties in
+    time follow row order, as the ``shift``-based expressions do; values are
+    compared by 64-bit hashes); when a time is missing or the tie-broken times
+    would overflow int64, those expressions are used.
+    """
+    co = config["cash_out"]
+    k, window_s = int(co["same_card_burst"]), int(co["same_card_window_s"])
+    if df.height == 0 or df.get_column("txn_time").null_count():
+        return df.with_columns(serial_switch(), stan_repeat(), same_card_burst(k, window_s))
+    group = _group_codes(df.get_column("terminal_id"))
+    t_us = df.get_column("txn_time").dt.epoch("us").to_numpy()
+    switch, _ = device_interleaving(group, t_us, _value_codes(df.get_column("device_serial")), 1)
+    out = df.with_columns(pl.Series("serial_switch", switch))
+    repeat = _kernel_stan_repeat(df, group, t_us)
+    out = out.with_columns(stan_repeat() if repeat is None else pl.Series("stan_repeat", repeat))
+
+    sales = (df.get_column("cap_txn") & df.get_column("card_token").is_not_null()).to_numpy()
+    sel = np.flatnonzero(sales)
+    burst = np.zeros(df.height, dtype=np.bool_)
+    if sel.size:
+        g = group[sel]
+        tied = _tie_broken_times(g, t_us[sel], window_s * 1_000_000)
+        if tied is None:
+            return out.with_columns(same_card_burst(k, window_s))
+        cards = _value_codes(df.get_column("card_token").gather(sel))
+        burst[sel] = same_value_recent(g, tied[0], cards, tied[1]) >= k
+    return out.with_columns(pl.Series("same_card_burst", burst))
+
+
 def enrich_transactions(
     txns: pl.LazyFrame,
     registry: pl.LazyFrame,
@@ -462,6 +569,10 @@ def enrich_transactions(
     config: dict[str, Any],
 ) -> pl.LazyFrame:
     """All per-transaction signals, rows sorted by (terminal_id, txn_time, txn_id).
+
+    The plan is collected once after the row-local and ``shift`` stages, so that
+    :func:`with_sequence_kernels` can run the numba kernels on the sorted rows;
+    the result is returned lazy again.
 
     Parameters
     ----------
@@ -516,15 +627,14 @@ def enrich_transactions(
         over_txn_cap(),
         outside_geofence(),
         hop_km(),
-        serial_switch(),
         serial_back_switch(),
         ip_back_switch(),
         cell_back_switch(),
         mcc_switch(),
         stan_out_of_order(),
-        stan_repeat(),
         stan_conflict(),
-        same_card_burst(int(co["same_card_burst"]), int(co["same_card_window_s"])),
     )
+    # Kernel-backed columns need the sorted rows in memory (one collect).
+    lf = with_sequence_kernels(lf.collect(), config).lazy()
     lf = lf.with_columns(hop_speed_kmh())
     return lf.with_columns(impossible_hop(float(rel["max_speed_kmh"]), float(rel["min_jump_km"])))
