@@ -68,7 +68,7 @@ def _window_flags(lf: pl.LazyFrame, cfg: dict[str, Any], offset_s: int, tag: str
         pl.col(f"wdecl_{tag}") > float(cfg["decline_rate"])
     )
     stats = stats.with_columns(hit.alias(f"whit_{tag}"), like.alias(f"wlike_{tag}"))
-    return lf.join(stats, on=["terminal_id", f"bucket_{tag}"], how="left")
+    return lf.join(stats, on=["terminal_id", f"bucket_{tag}"], how="left", maintain_order="left")
 
 
 def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
@@ -147,7 +147,12 @@ def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     cards = cards.with_columns(member.alias("sequential_card")).select(
         "terminal_id", "local_date", "card_bin", "card_last4", "sequential_card"
     )
-    out = lf.join(cards, on=["terminal_id", "local_date", "card_bin", "card_last4"], how="left")
+    out = lf.join(
+        cards,
+        on=["terminal_id", "local_date", "card_bin", "card_last4"],
+        how="left",
+        maintain_order="left",
+    )
     return out.with_columns(pl.col("sequential_card").fill_null(False))
 
 
@@ -381,14 +386,17 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     Parameters
     ----------
     enriched : LazyFrame
-        :func:`features.transactions.enrich_transactions` output.
+        :func:`features.transactions.enrich_transactions` output, rows sorted by
+        (terminal_id, txn_time, txn_id) as it returns them (daily caps are
+        cumulative in that order).
     config : dict
         Thresholds (``card_testing`` and ``decline_families`` are used here).
     """
     lf = card_testing_windows(enriched, config["card_testing"])
     lf = sequential_cards(lf, config["card_testing"])
-    # Joins do not keep row order; cumulative caps need time order.
-    lf = lf.sort("terminal_id", "txn_time", "txn_id")
+    # The joins above keep the row order of ``enriched``, which
+    # enrich_transactions sorts by (terminal_id, txn_time, txn_id): cumulative
+    # caps need that time order, so no second sort of the wide rows is needed.
     lf = lf.with_columns(daily_cap_breaches())
     technical = list(config["decline_families"]["technical"])
     lf = lf.with_columns(evidence_flags(technical))

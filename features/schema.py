@@ -551,6 +551,19 @@ CARD_VISIT_DAYS_COLUMNS: tuple[Column, ...] = (
     ),
     Column("n_cards", "int", True, description="distinct cards (tokens) with that prev_date"),
 )
+#: ``card_days``: the distinct (terminal, card, day) visits, plus one ``'*'`` row per card
+#: and day; ``card_visit_days.prev_date`` of a new day is looked up here.
+CARD_DAYS_COLUMNS: tuple[Column, ...] = (
+    Column("terminal_id", "str", True, description="terminal, or '*' for any terminal"),
+    Column("card_token", "str", True, description="card token (never a PAN)"),
+    Column("local_date", "date", True),
+    Column(
+        "pair_key",
+        "int",
+        True,
+        description="63-bit hash of terminal_id and card_token: the look-up key",
+    ),
+)
 #: How far back ``card_visit_days.prev_date`` looks; windows longer than this are
 #: computed from raw transactions instead.
 CARD_VISIT_HORIZON_DAYS = 366
@@ -579,6 +592,7 @@ TABLES: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
     "at_risk_cards": (AT_RISK_CARDS_COLUMNS, ()),
     "terminal_day": (TERMINAL_DAY_COLUMNS, ("terminal_id", "local_date")),
     "card_visit_days": (CARD_VISIT_DAYS_COLUMNS, ()),
+    "card_days": (CARD_DAYS_COLUMNS, ()),
     "terminal_day_sales": (TERMINAL_DAY_SALES_COLUMNS, ("terminal_id", "local_date")),
 }
 

@@ -500,7 +500,9 @@ def _tie_broken_times(group: np.ndarray, t_us: np.ndarray, window_us: int):
     return rel * m + rank, window_us * m + half
 
 
-def _kernel_stan_repeat(df: pl.DataFrame, group: np.ndarray, t_us: np.ndarray) -> np.ndarray | None:
+def _kernel_stan_repeat(
+    df: pl.DataFrame, group: np.ndarray, t_us: np.ndarray
+) -> np.ndarray | None:
     """:func:`stan_repeat` by ``same_value_recent`` on a hash of the repeat key (None: overflow).
 
     Within a terminal, the value is the hash of (day, STAN, amount, card) and the

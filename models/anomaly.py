@@ -27,10 +27,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from kernels import isolation_forest_score_samples, pack_isolation_forest
-
 from features.peers import PEER_FEATURES
 from features.schema import DETECTION_SCHEMA, REASON_STRUCT
+from kernels import isolation_forest_score_samples, pack_isolation_forest
 
 #: Peer feature -> the behaviour it is evidence of.
 FEATURE_BEHAVIOUR: dict[str, str] = {
@@ -184,6 +183,9 @@ def anomaly_view(day: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
     )
     if day.height < 20:
         return empty  # too few terminal-days to learn what normal looks like
+    # The forest's subsamples depend on row order; a fixed order makes runs repeatable
+    # (group_by output order is not).
+    day = day.sort("terminal_id", "local_date")
     X = model_matrix(day)
     model = PeerAnomalyDetector(
         n_estimators=int(a["n_estimators"]),

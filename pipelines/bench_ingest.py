@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="folder for the CSV and databases")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument(
+        "--reuse-csv",
+        action="store_true",
+        help="use WORKDIR/transactions.csv if it exists (from an earlier --keep run)",
+    )
     parser.add_argument("--no-gate", action="store_true", help="skip the quality gate")
 
 
@@ -110,6 +115,11 @@ def generate_csv(path: Path, rows: int, seed: int = 0) -> int:
     return path.stat().st_size
 
 
+def _count_rows(csv: Path) -> int:
+    with csv.open("rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 24), b"")) - 1
+
+
 def baseline_load(csv: Path, db: Path) -> float:
     """Seconds DuckDB takes to load ``csv`` as all-text columns into a fresh ``db``."""
     import duckdb
@@ -140,11 +150,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # generation and the baseline run in child processes: the peak RSS reported
     # below is that of the ingest alone
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        size = pool.apply(generate_csv, (csv, args.rows, args.seed))
-    gen_s = time.perf_counter() - t
-    total_rows = args.rows + max(args.rows // 1000, 1)
-    print(f"generated {total_rows:,} rows, {size / 1e9:.2f} GB in {gen_s:.1f} s -> {csv}")
+    if args.reuse_csv and csv.exists():
+        with ctx.Pool(1) as pool:
+            total_rows = pool.apply(_count_rows, (csv,))
+        print(f"reusing {csv}: {total_rows:,} rows, {csv.stat().st_size / 1e9:.2f} GB")
+    else:
+        with ctx.Pool(1) as pool:
+            size = pool.apply(generate_csv, (csv, args.rows, args.seed))
+        gen_s = time.perf_counter() - t
+        total_rows = args.rows + max(args.rows // 1000, 1)
+        print(f"generated {total_rows:,} rows, {size / 1e9:.2f} GB in {gen_s:.1f} s -> {csv}")
 
     with ctx.Pool(1) as pool:
         base_s = pool.apply(baseline_load, (csv, work / "baseline.duckdb"))

@@ -149,6 +149,11 @@ def build_db(path: Path, rows_per_day: int, n_terminals: int, days: int) -> date
     # (the nightly run reads them, it does not care how they were made).
     if days > 1:
         run_detection(Settings(db_path=path), START, con=con)
+        # the leakage day tables of the earlier days, as their nightly runs left them
+        from pipelines.leakage import refresh_day_tables
+
+        for d in range(1, days - 1):
+            refresh_day_tables(con, START, START + timedelta(days=d))
         cols = [r[0] for r in con.execute("DESCRIBE terminal_day").fetchall()]
         sel = ", ".join("CAST(? AS DATE)" if c == "local_date" else c for c in cols)
         for d in range(1, days - 1):

@@ -7,7 +7,10 @@ the data small:
 
 - fraud reports known at the end of ``as_of`` (``reported_at`` before the next day);
 - transactions of the reported cards only (to match reports and find exposure);
-- per-terminal aggregates (distinct cards, sales count and amount) computed in DuckDB;
+- per-terminal aggregates (distinct cards, sales count and amount) computed in DuckDB,
+  from the incremental day tables ``card_days``, ``card_visit_days`` and
+  ``terminal_day_sales`` (see :func:`refresh_day_tables`) when the connection is writable,
+  else (read-only backtests) from raw ``transactions``; both give the same numbers;
 - free texts of the day that contain the redaction marker.
 
 ``pipelines.detect`` merges the detections into flag episodes and writes the
@@ -24,7 +27,13 @@ from typing import Any, NamedTuple
 import duckdb
 import polars as pl
 
-from features.schema import CARD_VISIT_HORIZON_DAYS, DETECTION_SCHEMA, PAN_REDACTION_MARKER
+from features.schema import (
+    CARD_VISIT_HORIZON_DAYS,
+    DETECTION_SCHEMA,
+    PAN_REDACTION_MARKER,
+    TABLES,
+    ddl,
+)
 from models.compromise import (
     AT_RISK_SCHEMA,
     CompromiseParams,
@@ -143,22 +152,40 @@ def read_terminal_sales(con: duckdb.DuckDBPyConnection, start: date, end: date) 
 # Incremental day tables: ``card_visit_days`` and ``terminal_day_sales``
 # ---------------------------------------------------------------------------
 
-_CACHE_TABLES = ("card_visit_days", "terminal_day_sales")
+#: 63-bit key of a (terminal, card) pair. DuckDB's ``hash`` may change between versions:
+#: a probe row (terminal ``'#probe'``, day 1970-01-01) records it, and the day tables are
+#: rebuilt when it no longer matches.
+_PAIR_KEY = "(hash(terminal_id, card_token) >> 1)::BIGINT"
+_PROBE = "'#probe'"
+_CACHE_TABLES = ("card_visit_days", "terminal_day_sales", "card_days")
 
 
 def _writable_cache(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether ``con`` can keep the day tables (writable database that has them)."""
+    """Whether ``con`` can keep the day tables (writable database); creates them if needed."""
     rows = con.execute(
         "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
     ).fetchall()
     if not rows or rows[0][0]:
         return False
-    have = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = 'main' AND table_name IN (?, ?)",
-        list(_CACHE_TABLES),
-    ).fetchall()
-    return have[0][0] == len(_CACHE_TABLES)
+    for table in _CACHE_TABLES:  # derived data: a table of an older layout is rebuilt
+        have = con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
+            [table],
+        ).fetchall()
+        if [r[0] for r in have] != [c.name for c in TABLES[table][0]]:
+            con.execute(f"DROP TABLE IF EXISTS {table}").fetchall()
+            con.execute(ddl(table)).fetchall()
+    probe = f"SELECT {_PAIR_KEY} FROM (SELECT {_PROBE} AS terminal_id, 'probe' AS card_token)"
+    expected = con.execute(probe).fetchall()
+    stored = con.execute(f"SELECT pair_key FROM card_days WHERE terminal_id = {_PROBE}").fetchall()
+    if stored != expected:  # new tables, or keys of another hash function: start again
+        for table in _CACHE_TABLES:
+            con.execute(f"DELETE FROM {table}").fetchall()
+        con.execute(
+            f"INSERT INTO card_days SELECT {_PROBE}, 'probe', DATE '1970-01-01', ({probe})"
+        ).fetchall()
+    return True
 
 
 def _stale_days(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[date]:
@@ -194,33 +221,34 @@ def _refresh_day(con: duckdb.DuckDBPyConnection, day: date) -> None:
         [day],
     ).fetchall()
     con.execute(
+        f"""
+        INSERT INTO card_days BY POSITION
+        WITH pairs AS (
+            SELECT DISTINCT terminal_id, card_token FROM transactions
+            WHERE local_date = $day AND card_token IS NOT NULL
+        )
+        SELECT terminal_id, card_token, $day, {_PAIR_KEY} FROM pairs
+        UNION ALL
+        SELECT '*', card_token, $day, {_PAIR_KEY}
+        FROM (SELECT DISTINCT '*' AS terminal_id, card_token FROM pairs)
+        """,
+        {"day": day},
+    ).fetchall()
+    con.execute(
         """
         INSERT INTO card_visit_days
         WITH today AS (
-            SELECT DISTINCT terminal_id, card_token FROM transactions
-            WHERE local_date = $day AND card_token IS NOT NULL
+            SELECT terminal_id, pair_key FROM card_days WHERE local_date = $day
         ),
-        before AS (
-            SELECT terminal_id, card_token, max(local_date) AS prev_date
-            FROM transactions
+        before AS (  -- pairs are matched on their 63-bit key (see CARD_DAYS_COLUMNS)
+            SELECT pair_key, max(local_date) AS prev_date FROM card_days
             WHERE local_date >= $day - $horizon AND local_date < $day
-              AND card_token IN (SELECT card_token FROM today)
-            GROUP BY terminal_id, card_token
-        ),
-        per_terminal AS (
-            SELECT t.terminal_id, b.prev_date
-            FROM today t LEFT JOIN before b USING (terminal_id, card_token)
-        ),
-        any_terminal AS (
-            SELECT c.card_token, max(b.prev_date) AS prev_date
-            FROM (SELECT DISTINCT card_token FROM today) c
-            LEFT JOIN before b USING (card_token)
-            GROUP BY c.card_token
+              AND pair_key IN (SELECT pair_key FROM today)
+            GROUP BY pair_key
         )
-        SELECT terminal_id, $day, prev_date, count(*) FROM per_terminal
-        GROUP BY terminal_id, prev_date
-        UNION ALL
-        SELECT '*', $day, prev_date, count(*) FROM any_terminal GROUP BY prev_date
+        SELECT t.terminal_id, $day, b.prev_date, count(*)
+        FROM today t LEFT JOIN before b USING (pair_key)
+        GROUP BY t.terminal_id, b.prev_date
         """,
         {"day": day, "horizon": CARD_VISIT_HORIZON_DAYS},
     ).fetchall()
@@ -236,6 +264,11 @@ def refresh_day_tables(con: duckdb.DuckDBPyConnection, start: date, end: date) -
     never on the config, so backtests may refresh them too. Returns the recomputed
     days; an up-to-date range costs one scan of ``local_date`` over the range.
     """
+    if not _writable_cache(con):
+        raise ValueError(
+            "refresh_day_tables needs a writable TrialGuard database; got a read-only "
+            "connection. Open it with pipelines.storage.connect(path) (read_only=False)."
+        )
     stale = _stale_days(con, start, end)
     if not stale:
         return []

@@ -5,7 +5,9 @@
 JSON Lines starting with ``{``, else CSV; ``.toml`` is a policy set), and for
 CSV the encoding (UTF-8 with BOM, UTF-8, else GB18030) plus what it takes to
 number lines exactly. :func:`open_source` then exposes the file to DuckDB as a
-temporary view of text columns plus ``_line``:
+temporary view of text columns (plus ``_tg_rn``, the record number, when the
+reader gives it without a window), and :func:`numbered_sql` adds ``_line`` to a
+projection of that view:
 
 * CSV: the physical line on which the record starts (the header is line 1).
   When the file has no quote character and no blank line, that is record
@@ -277,7 +279,10 @@ def _ident(name: str) -> str:
 
 
 def open_source(con: duckdb.DuckDBPyConnection, info: FileInfo) -> list[str]:
-    """Expose the file as the temporary view ``_tg_source`` (text columns plus ``_line``).
+    """Expose the file as the temporary view ``_tg_source`` (text columns, no ``_line``).
+
+    Line numbers come from :func:`numbered_sql`, applied by the caller after its
+    first projection, so that no window ever buffers raw values.
 
     Returns
     -------

@@ -38,7 +38,9 @@ def sorted_rows(seed: int, n: int = 4000) -> pl.DataFrame:
             "cap_txn": rng.random(n) < 0.8,
             "local_date": [datetime(2026, 3, 1).date()] * n,
             "stan": pl.Series(
-                rng.choice(np.array(["000001", "000002", "000003", None], dtype=object), n).tolist(),
+                rng.choice(
+                    np.array(["000001", "000002", "000003", None], dtype=object), n
+                ).tolist(),
                 dtype=pl.String,
             ),
             "amount_minor": rng.choice([100, 200], n),
@@ -57,8 +59,7 @@ def test_kernels_equal_polars_expressions(seed):
     assert 0 < got.get_column("stan_repeat").sum() < df.height
     assert got.get_column("serial_switch").to_list() == want.get_column("serial_switch").to_list()
     assert (
-        got.get_column("same_card_burst").to_list()
-        == want.get_column("same_card_burst").to_list()
+        got.get_column("same_card_burst").to_list() == want.get_column("same_card_burst").to_list()
     )
     # The data exercise both outcomes (the comparison is not vacuous).
     assert 0 < got.get_column("same_card_burst").sum() < df.height

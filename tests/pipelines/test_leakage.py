@@ -178,3 +178,101 @@ def test_thresholds_come_from_the_config(store):
     assert at_risk.height == 0
     with pytest.raises(ValueError, match="unknown keys"):
         run_leakage_detectors(con, AS_OF, config={"pan_exposure": {"min_marker": 1}})
+
+
+def _revisit_store(tmp_path):
+    """A store where cards come back to the same and to other terminals over 40 days."""
+    import random
+
+    rng = random.Random(7)
+    con = connect(tmp_path / "revisit.duckdb")
+    start = date(2024, 3, 1)
+    rows = []
+    for i in range(1500):
+        day = start + timedelta(days=rng.randrange(40))
+        ts = datetime.combine(day, datetime.min.time()) + timedelta(hours=rng.randrange(8, 20))
+        kind = "refund" if rng.random() < 0.1 else "purchase"
+        rows.append(txn(f"v{i}", tid(rng.randrange(6)), f"c{rng.randrange(60):04d}", ts, kind))
+    insert(con, "transactions", rows)
+    return con, start
+
+
+def _day_table_reads(con, start: date, end: date):
+    from pipelines.leakage import read_terminal_cards_cached, read_terminal_sales_cached
+
+    cards, n_active = read_terminal_cards_cached(con, start, end)
+    return (
+        cards.sort("terminal_id"),
+        n_active,
+        read_terminal_sales_cached(con, start, end).sort("terminal_id"),
+    )
+
+
+def _raw_reads(con, start: date, end: date):
+    from pipelines.leakage import read_terminal_cards, read_terminal_sales
+
+    cards, n_active = read_terminal_cards(con, start, end)
+    return (
+        cards.sort("terminal_id"),
+        n_active,
+        read_terminal_sales(con, start, end).sort("terminal_id"),
+    )
+
+
+def test_day_tables_match_raw_scans_in_any_run_order_and_after_late_data(tmp_path):
+    from pipelines.leakage import refresh_day_tables
+
+    con, start = _revisit_store(tmp_path)
+    # nightly order, then a rerun of an earlier day, then a window reaching before the data
+    for end, first in [(start + timedelta(days=d), start) for d in range(0, 40, 6)] + [
+        (start + timedelta(days=20), start + timedelta(days=7)),
+        (start + timedelta(days=39), start + timedelta(days=25)),
+        (start + timedelta(days=12), start - timedelta(days=30)),
+    ]:
+        refresh_day_tables(con, first, end)
+        cached, raw = _day_table_reads(con, first, end), _raw_reads(con, first, end)
+        assert cached[0].equals(raw[0]) and cached[1] == raw[1] and cached[2].equals(raw[2])
+    assert refresh_day_tables(con, start, start + timedelta(days=39)) == []  # up to date
+    # a late file for day 10 with a card new to T5: that day and the later ones are redone
+    late = datetime.combine(start + timedelta(days=10), datetime.min.time()) + timedelta(hours=9)
+    insert(con, "transactions", [txn("late1", tid(5), "c_new", late, amount=777)])
+    redone = refresh_day_tables(con, start + timedelta(days=5), start + timedelta(days=39))
+    assert redone[0] == start + timedelta(days=10) and redone[-1] == start + timedelta(days=39)
+    for first in (start, start + timedelta(days=10), start + timedelta(days=11)):
+        end = start + timedelta(days=39)
+        cached, raw = _day_table_reads(con, first, end), _raw_reads(con, first, end)
+        assert cached[0].equals(raw[0]) and cached[1] == raw[1] and cached[2].equals(raw[2])
+    con.close()
+
+
+def test_read_only_store_gives_the_same_results_without_writing(tmp_path, store):
+    con, _, _ = store
+    writable = run_leakage_detectors(con, AS_OF, config={})
+    assert con.execute("SELECT count(*) FROM card_visit_days").fetchall()[0][0] > 0
+    con.close()
+    path = tmp_path / "leak.duckdb"
+    fresh = tmp_path / "copy.duckdb"
+    fresh.write_bytes(path.read_bytes())
+    ro = connect(fresh, read_only=True)
+    ro.execute("SELECT 1").fetchall()
+    before = ro.execute("SELECT count(*) FROM card_visit_days").fetchall()[0][0]
+    read_only = run_leakage_detectors(ro, AS_OF + timedelta(days=1), config={})
+    same_day = run_leakage_detectors(ro, AS_OF, config={})
+    assert ro.execute("SELECT count(*) FROM card_visit_days").fetchall()[0][0] == before
+    ro.close()
+    assert same_day[0].equals(writable[0]) and same_day[1].equals(writable[1])
+    assert read_only[0].height > 0
+
+
+def test_day_tables_of_an_older_layout_are_rebuilt(store):
+    con, _, _ = store
+    expected = run_leakage_detectors(con, AS_OF, config={})
+    con.execute("DROP TABLE card_days")
+    con.execute(
+        "CREATE TABLE card_days (terminal_id VARCHAR, card_token VARCHAR, local_date DATE)"
+    )
+    con.execute("DELETE FROM terminal_day_sales WHERE local_date = ?", [AS_OF])  # AS_OF stale
+    again = run_leakage_detectors(con, AS_OF, config={})
+    assert again[0].equals(expected[0]) and again[1].equals(expected[1])
+    cols = [r[0] for r in con.execute("DESCRIBE card_days").fetchall()]
+    assert cols == [c.name for c in TABLES["card_days"][0]]
