@@ -85,7 +85,7 @@ REDACT_UDF = "_tg_redact"
 REDACT_ROW_UDF = "_tg_redact_row"
 #: DuckDB memory limit while ingesting (``TRIALGUARD_INGEST_MEMORY_LIMIT`` overrides it);
 #: above it the staging table spills to ``<db>.tmp``, safe because it holds no raw PAN.
-INGEST_MEMORY_LIMIT = "2GB"
+INGEST_MEMORY_LIMIT = "3GB"
 #: Rows handed to the Great Expectations gate per file (a seeded reservoir sample).
 GATE_SAMPLE_ROWS = 100_000
 #: Order in which a folder's files are ingested (policies, registry, then the rest).
@@ -795,13 +795,23 @@ def _load_table_file(
         params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
         try:
             con.execute(sql, params) if params else con.execute(sql)
+        except duckdb.OutOfMemoryException:
+            raise UnreadableFile(
+                f"{info.path.name} does not fit in the ingest memory limit "
+                f"({ingest_memory_limit()}); ingest never spills to disk, because raw card "
+                "numbers must not reach it. Split the file, or raise "
+                "TRIALGUARD_INGEST_MEMORY_LIMIT (e.g. 6GB) and rerun: nothing of it was loaded"
+            ) from None
         except duckdb.Error as exc:
             raise UnreadableFile(
                 f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
             ) from None
         clock.lap("stage")
     finally:
-        close_source(con)
+        try:
+            close_source(con)
+        except duckdb.TransactionException:
+            pass  # the file's transaction is aborted; its ROLLBACK drops the view too
     if kind is TERMINAL_EVENTS:
         con.execute(f"UPDATE {STAGE} SET event_id = {EVENT_ID_SQL}")
     clock.lap("redact")
@@ -1126,7 +1136,13 @@ def ingest_paths(
             con.execute(f"SET TimeZone = {_lit(settings.timezone)}")
             con.execute("SET enable_progress_bar = false")
             previous_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+            previous_temp = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
             con.execute(f"SET memory_limit = {_lit(ingest_memory_limit())}")
+            # Raw card numbers pass through DuckDB's reader and function buffers while a
+            # file is staged; spilled, they would land in the temp folder in clear (PCI DSS
+            # 3.3-3.5). So ingest never spills: a file that does not fit in the memory
+            # limit is rejected with a message saying what to do.
+            con.execute("SET temp_directory = ''")
             run_id = _start_run(con, files)
             checker = None
             if gate:
@@ -1141,19 +1157,21 @@ def ingest_paths(
                 checker.build_docs()
             report = IngestReport(run_id, results, time.perf_counter() - t0)
             _finish_run(con, report)
-            if not own:
-                con.execute(f"SET memory_limit = {_lit(previous_limit)}")
         finally:
             if own:
                 con.close()
+            else:
+                con.execute(f"SET memory_limit = {_lit(previous_limit)}")
+                con.execute(f"SET temp_directory = {_lit(previous_temp)}")
     return report
 
 
 def ingest_memory_limit() -> str:
-    """DuckDB ``memory_limit`` while ingesting: ``TRIALGUARD_INGEST_MEMORY_LIMIT`` or 2GB.
+    """DuckDB ``memory_limit`` while ingesting: ``TRIALGUARD_INGEST_MEMORY_LIMIT`` or 3GB.
 
     Peak resident memory is about this plus the Python side (Great Expectations,
-    the gate sample); larger work spills to the database's temp folder.
+    the gate sample). Ingest never spills to disk (raw card numbers would reach it):
+    a file larger than the limit allows is rejected with a clear message.
     """
     return os.environ.get("TRIALGUARD_INGEST_MEMORY_LIMIT", "").strip() or INGEST_MEMORY_LIMIT
 
