@@ -213,13 +213,35 @@ TERMINALS = InputKind(
     key=None,  # versioned: (terminal_id, updated_at) identifies a row
     columns=(
         Column("terminal_id", "str", True, TERMINAL_ID_PATTERN, description="DE41"),
-        Column("merchant_id", "str", True, MERCHANT_ID_PATTERN, description="DE42; acquirer(3)+area(4)+MCC(4)+serial(4)"),
+        Column(
+            "merchant_id",
+            "str",
+            True,
+            MERCHANT_ID_PATTERN,
+            description="DE42; acquirer(3)+area(4)+MCC(4)+serial(4)",
+        ),
         Column("serial_number", "str", True, description="hardware serial bound at activation"),
         Column("merchant_name", "str", True, description="may be Chinese", free_text=True),
         Column("registered_mcc", "str", True, MCC_PATTERN, description="ISO 18245 / GB/T 20548"),
-        Column("registered_lat", "float", True, min_value=-90.0, max_value=90.0, description="WGS84 latitude of the registered address"),
-        Column("registered_lon", "float", True, min_value=-180.0, max_value=180.0, description="WGS84 longitude of the registered address"),
-        Column("region_code", "str", True, r"[0-9]{6}", description="administrative division code"),
+        Column(
+            "registered_lat",
+            "float",
+            True,
+            min_value=-90.0,
+            max_value=90.0,
+            description="WGS84 latitude of the registered address",
+        ),
+        Column(
+            "registered_lon",
+            "float",
+            True,
+            min_value=-180.0,
+            max_value=180.0,
+            description="WGS84 longitude of the registered address",
+        ),
+        Column(
+            "region_code", "str", True, r"[0-9]{6}", description="administrative division code"
+        ),
         Column("terminal_kind", "str", True, allowed=TERMINAL_KINDS),
         Column("terminal_model", "str", description="maker and model"),
         Column("channel_id", "str", description="service provider / agent"),
@@ -250,7 +272,9 @@ TRANSACTIONS = InputKind(
         Column("card_last4", "str", False, r"[0-9]{4}", description="last 4 digits"),
         Column("card_type", "str", True, allowed=CARD_TYPES),
         Column("card_country", "str", False, r"[A-Z]{2}", description="issuing country"),
-        Column("entry_mode", "str", True, allowed=tuple(ENTRY_MODES), description="DE22 positions 1-2"),
+        Column(
+            "entry_mode", "str", True, allowed=tuple(ENTRY_MODES), description="DE22 positions 1-2"
+        ),
         Column("pin_entered", "bool"),
         Column("mcc", "str", True, MCC_PATTERN, description="DE18 as sent"),
         Column("response_code", "str", True, r"[0-9A-Za-z]{2}", description="DE39"),
@@ -258,8 +282,20 @@ TRANSACTIONS = InputKind(
         Column("rrn", "str", False, r"[0-9A-Za-z]{12}", description="DE37"),
         Column("original_txn_id", "str", description="purchase a refund/void/reversal refers to"),
         Column("device_serial", "str", description="serial reported by the device"),
-        Column("terminal_lat", "float", min_value=-90.0, max_value=90.0, description="reported GPS latitude"),
-        Column("terminal_lon", "float", min_value=-180.0, max_value=180.0, description="reported GPS longitude"),
+        Column(
+            "terminal_lat",
+            "float",
+            min_value=-90.0,
+            max_value=90.0,
+            description="reported GPS latitude",
+        ),
+        Column(
+            "terminal_lon",
+            "float",
+            min_value=-180.0,
+            max_value=180.0,
+            description="reported GPS longitude",
+        ),
         Column("cell_id", "str", description="MCC-MNC-LAC-CI"),
         Column("ip_address", "str"),
     ),
@@ -333,9 +369,13 @@ def stored_columns(kind: InputKind) -> tuple[Column, ...]:
     """Columns of the DuckDB table that stores rows of ``kind`` (never ``pan``)."""
     cols = [c for c in kind.columns if c.name != "pan"]
     if kind is TERMINAL_EVENTS:
-        cols.insert(0, Column("event_id", "str", True, description="stable id derived from the row"))
+        cols.insert(
+            0, Column("event_id", "str", True, description="stable id derived from the row")
+        )
     if kind is TRANSACTIONS:
-        cols.append(Column("local_date", "date", True, description="local calendar day of txn_time"))
+        cols.append(
+            Column("local_date", "date", True, description="local calendar day of txn_time")
+        )
     return tuple(cols) + PROVENANCE_COLUMNS
 
 
@@ -606,9 +646,7 @@ def ddl(table: str) -> str:
     CREATE TABLE IF NOT EXISTS dispositions (
     """
     cols, pk = TABLES[table]
-    lines = [
-        f"    {c.name} {c.duckdb_type}{' NOT NULL' if c.required else ''}" for c in cols
-    ]
+    lines = [f"    {c.name} {c.duckdb_type}{' NOT NULL' if c.required else ''}" for c in cols]
     if pk:
         lines.append(f"    PRIMARY KEY ({', '.join(pk)})")
     return f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(lines) + "\n)"

@@ -17,7 +17,10 @@ from pipelines.settings import MissingKeyError, Settings
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("pipelines.simulate", "simulate a trial with ground truth (truth.csv)"),
-    "ingest": ("pipelines.ingest", "load trial files into the database (accept or quarantine every row)"),
+    "ingest": (
+        "pipelines.ingest",
+        "load trial files into the database (accept or quarantine every row)",
+    ),
     "run": ("pipelines.detect", "detect behaviours for a date or a date range and write flags"),
     "evaluate": ("pipelines.evaluate", "precision and recall per behaviour against a truth file"),
     "flags": ("pipelines.analyst", "list flags (table, CSV or JSON)"),
@@ -25,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "review": ("pipelines.analyst", "record an analyst's decision on a flag"),
     "verdicts": ("pipelines.verdicts", "trial-end recommendations: pass, extend or terminate"),
     "report": ("pipelines.report", "write the offline HTML report for a date"),
-    "backtest": ("pipelines.backtest", "replay detection with a candidate config without touching live flags"),
+    "backtest": (
+        "pipelines.backtest",
+        "replay detection with a candidate config without touching live flags",
+    ),
     "serve": ("pipelines.flows", "serve the nightly deployment on a cron schedule"),
     "nightly": ("pipelines.flows", "run the nightly flow once for a date"),
     "demo": ("pipelines.demo", "simulate a trial and run the whole pipeline on it"),

@@ -44,7 +44,9 @@ class Settings:
     timezone: str = DEFAULT_TIMEZONE
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, db: str | Path | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, db: str | Path | None = None
+    ) -> Settings:
         """Settings from environment variables, with ``db`` (``--db``) taking precedence."""
         env = os.environ if env is None else env
         db_path = Path(db) if db else Path(env.get("TRIALGUARD_DB") or DEFAULT_DB)
