@@ -19,20 +19,12 @@ from typing import Any
 import polars as pl
 from sklearn.base import BaseEstimator
 
+from features.daily import EVIDENCE_BEHAVIOURS
 from features.schema import DETECTION_SCHEMA, REASON_STRUCT
 
-RULE_BEHAVIOURS: tuple[str, ...] = (
-    "relocation",
-    "cloned_terminal",
-    "mcc_mismatch",
-    "cash_out",
-    "card_testing",
-    "fallback_abuse",
-    "unregistered_use",
-    "trial_limit_breach",
-    "disallowed_use",
-    "malfunction",
-)
+#: The per-terminal behaviours the rules judge: the ones whose evidence is
+#: per-transaction flags computed in ``features.daily``.
+RULE_BEHAVIOURS: tuple[str, ...] = EVIDENCE_BEHAVIOURS
 
 
 @dataclass(frozen=True)

@@ -504,7 +504,7 @@ def stage_sql(
     c0 = f"SELECT * EXCLUDE ({excluded}), {', '.join(clean)}, {marks0} AS _marks0 FROM {SOURCE_VIEW}"
     cn = numbered("c0") if numbered is not None else "SELECT * FROM c0"
     return (
-        f"CREATE OR REPLACE TEMP TABLE {STAGE} AS "
+        f"CREATE OR REPLACE TABLE {STAGE} AS "
         f"WITH c0 AS ({c0}), cn AS ({cn}), "
         f"c AS (SELECT {LINE_COLUMN}, {', '.join(carried)}, {nred} AS _nred FROM cn), "
         f"t AS (SELECT c.*, {typed_select} FROM c), "
@@ -638,7 +638,7 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
     key_value = " || '/' || ".join(f"CAST({_ident(k)} AS VARCHAR)" for k in keys)
     # inside the file: only keys that occur more than once are examined
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tg_rep AS "
+        f"CREATE OR REPLACE TABLE _tg_rep AS "
         f"WITH k AS (SELECT {kcols} FROM {STAGE} WHERE _reason IS NULL "
         f"GROUP BY {kcols} HAVING count(*) > 1), "
         f"s AS (SELECT {LINE_COLUMN}, {kcols}, hash({content}) AS h FROM {STAGE} "
@@ -660,7 +660,7 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
     s_content = ", ".join(f"s.{_ident(c)}" for c in content_columns(kind))
     t_content = ", ".join(f"t.{_ident(c)}" for c in content_columns(kind))
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _tg_rep AS SELECT s.{LINE_COLUMN}, t.file_id, t.line_no, "
+        f"CREATE OR REPLACE TABLE _tg_rep AS SELECT s.{LINE_COLUMN}, t.file_id, t.line_no, "
         f"hash({s_content}) = hash({t_content}) AS same FROM {STAGE} s JOIN {table} t ON {on} "
         f"WHERE s._reason IS NULL AND NOT s._dup"
     )
