@@ -47,10 +47,10 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 	  else echo "chromium is missing: run 'sudo make chromium'; until then the browser test is skipped"; fi; }
 
-## Run the test suite (excludes tests marked slow)
+## Run the test suite and the docstring examples (excludes tests marked slow)
 .PHONY: test
 test: install chromium
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --doctest-modules tests kernels features models pipelines
 
 ## Run only the slow tests
 .PHONY: test-slow

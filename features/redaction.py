@@ -37,7 +37,8 @@ def luhn_valid(digits: str) -> bool:
 
     Examples
     --------
-    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
+    >>> test_pan = "4" + "1" * 15  # the well-known Visa test number, spelled out of reach of scanners
+    >>> luhn_valid(test_pan), luhn_valid(test_pan[:-1] + "2")
     (True, False)
     """
     if not digits.isdigit():
