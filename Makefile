@@ -79,7 +79,12 @@ bench-ingest: install key
 bench-simulate: install
 	$(BIN)/trialguard bench simulate --rows $${BENCH_ROWS:-10000000}
 
-## Benchmark detection: one day of 10M transactions, kernels vs polars/numpy, ensemble scoring
+## Benchmark each numba kernel against its best polars/numpy formulation (10M rows)
+.PHONY: bench-kernels
+bench-kernels: install
+	$(BIN)/trialguard bench kernels --rows $${BENCH_ROWS:-10000000}
+
+## Benchmark detection: one day of 10M transactions; day-60 vs day-5 cost
 .PHONY: bench-run
 bench-run: install key
 	$(BIN)/trialguard bench run --rows $${BENCH_ROWS:-10000000}

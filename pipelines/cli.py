@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pipelines.flows", "serve the nightly deployment on a cron schedule"),
     "nightly": ("pipelines.flows", "run the nightly flow once for a date"),
     "demo": ("pipelines.demo", "simulate a trial and run the whole pipeline on it"),
-    "bench": ("pipelines.bench", "benchmarks: ingest, simulate, run"),
+    "bench": ("pipelines.bench", "benchmarks: ingest, simulate, kernels, run"),
 }
 
 
