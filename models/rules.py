@@ -641,7 +641,8 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     ]
 
 
-_SYMPTOMS = (
+#: Daily counts the malfunction rule sums over its window (``<symptom>_w`` columns).
+MALFUNCTION_SYMPTOMS: tuple[str, ...] = (
     "n_txn",
     "n_cap",
     "n_technical",
@@ -733,7 +734,7 @@ def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     )
     if "n_implausible_time" not in names:
         out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
-    missing = [pl.col(c).alias(f"{c}_w") for c in _SYMPTOMS if f"{c}_w" not in names]
+    missing = [pl.col(c).alias(f"{c}_w") for c in MALFUNCTION_SYMPTOMS if f"{c}_w" not in names]
     if missing:
         out = out.with_columns(missing)
     return out

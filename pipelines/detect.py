@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import logging
-import subprocess
 import sys
 import time
 import uuid
@@ -49,6 +48,7 @@ from models import rules
 from models.anomaly import anomaly_detections, anomaly_view
 from models.config import config_version, load_config
 from models.episodes import FLAG_FRAME_SCHEMA, merge_detections
+from pipelines.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -376,15 +376,7 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
     """
     as_of = day.get_column("local_date").max() if day.height else None
     w = int(config["malfunction"]["window_days"])
-    sums = [
-        "n_txn",
-        "n_cap",
-        "n_technical",
-        "n_reversal",
-        "n_stan_repeat",
-        "n_stan_conflict",
-        "n_implausible_time",
-    ]
+    sums = rules.MALFUNCTION_SYMPTOMS
     if history.height == 0 or as_of is None:
         hist = pl.DataFrame(
             schema={
@@ -458,29 +450,6 @@ def _at_risk_rows(at_risk: pl.DataFrame, flags: pl.DataFrame, run_id: str) -> pl
 # ---------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------
-
-
-def code_version() -> str:
-    """``git rev-parse HEAD`` of the working tree, else the package version."""
-    from pipelines.settings import PROJECT_ROOT
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"trialguard {version('trialguard')}"
-        except PackageNotFoundError:
-            return "unknown"
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import time
 import typing
 import uuid
@@ -42,7 +41,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.settings import Settings
+from pipelines.version import code_version
 
 DEFAULT_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -67,36 +67,6 @@ def file_sha256(path: str | Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def code_version() -> str:
-    """Package version plus git commit (``+dirty`` when the tree has changes), if known."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        base = version("trialguard")
-    except PackageNotFoundError:  # not installed: running from a source tree
-        base = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return base
-    return f"{base}+g{sha}{'.dirty' if dirty else ''}"
 
 
 def config_version_of(config_path: str | Path | None) -> str:
