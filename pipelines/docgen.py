@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from features.schema import BEHAVIOURS, INPUT_KINDS, TABLES
+from features.schema import BEHAVIOURS, INPUT_KINDS, TABLES, UNINDEXED_KEYS
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 
@@ -43,7 +43,12 @@ def render() -> str:
         purpose = TABLE_PURPOSE.get(table)
         if purpose:
             out.append(purpose[0].upper() + purpose[1:] + ".")
-        if pk:
+        if pk and table in UNINDEXED_KEYS:
+            out.append(
+                f"Key: `{', '.join(pk)}`, unique by ingest's de-duplication (no index: "
+                "see `UNINDEXED_KEYS` in `features/schema.py`)."
+            )
+        elif pk:
             out.append(f"Primary key: `{', '.join(pk)}`.")
         out += ["", "| column | type | required | meaning |", "|---|---|---|---|"]
         for c in cols:

@@ -19,7 +19,6 @@ For every file, rows read = accepted + quarantined + duplicates.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -73,7 +72,7 @@ from pipelines.readers import (
     FileInfo,
     UnreadableFile,
     close_source,
-    numbered_sql,
+    line_numbering,
     open_source,
     sniff,
 )
@@ -364,10 +363,10 @@ def stage_sql(
     ``_raw`` keeps an invalid row as read, with ``pan`` masked.
 
     Card numbers are tokenised, masked and redacted in the first projection
-    over the reader (``c0``); line numbering (``numbered(relation)``, which may
-    need a window that buffers its input) comes after it, so no operator that
-    may spill to disk ever holds a raw PAN. Without ``numbered`` the source
-    view must already have ``_line``.
+    over the reader (``c0``); line numbering (``numbered(relation)``, see
+    :func:`pipelines.readers.line_numbering`) comes after it, so no operator
+    that may buffer its input ever holds a raw PAN. Without ``numbered`` the
+    source view must already have ``_line``.
     """
     present = set(names)
     contract = set(kind.names)
@@ -790,7 +789,8 @@ def _load_table_file(
         result.kind = kind.name
         clock.lap("read")
         has_key = bool(TABLES[kind.name][1])
-        sql = stage_sql(kind, names, tz, has_key, functools.partial(numbered_sql, con, info))
+        numbering = line_numbering(con, info, STAGE)
+        sql = stage_sql(kind, names, tz, has_key, numbering.select)
         register_redaction(con)
         params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
         try:
@@ -806,6 +806,7 @@ def _load_table_file(
             raise UnreadableFile(
                 f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
             ) from None
+        numbering.apply(con)
         clock.lap("stage")
     finally:
         try:
