@@ -287,7 +287,9 @@ def _summary(con: duckdb.DuckDBPyConnection, as_of: date, queue: list[dict]) -> 
         con,
         "SELECT run_id, command, status, started_at, finished_at, duration_s, code_version, "
         "CAST(row_counts AS VARCHAR) AS row_counts, message FROM runs WHERE as_of = ? "
-        "ORDER BY started_at DESC LIMIT 1",
+        # the nightly flow writes this report while its own row is still 'running':
+        # show the latest finished run (the detection) before any unfinished one
+        "ORDER BY status = 'running', started_at DESC LIMIT 1",
         [as_of],
     )
     day = con.execute(

@@ -178,3 +178,19 @@ def test_data_quality_falls_back_to_the_latest_files_when_replaying_an_old_night
     out = report.write_report(Settings(db_path=db), old_night, tmp_path / "r.html")
     dq = out.read_text(encoding="utf-8").split('id="data-quality"', 1)[1]
     assert "2 file(s), the latest loaded" in dq and "landing/txns.csv" in dq
+
+
+def test_summary_shows_the_finished_detection_while_the_nightly_is_still_running(tmp_path):
+    db = store.build_store(tmp_path / "t.duckdb")
+    con = connect(db)
+    # the nightly flow writes the report before its own runs row is closed
+    con.execute(
+        "INSERT INTO runs (run_id, command, as_of, started_at, status) "
+        "VALUES ('nightly-9', 'nightly', ?, now()::TIMESTAMP + INTERVAL 1 DAY, 'running')",
+        [store.AS_OF],
+    )
+    con.close()
+    out = report.write_report(Settings(db_path=db), store.AS_OF, tmp_path / "r.html")
+    summary = out.read_text(encoding="utf-8").split('id="summary"', 1)[1].split("</section>")[0]
+    assert "run-1" in summary and "succeeded" in summary
+    assert "nightly-9" not in summary
