@@ -339,6 +339,42 @@ def _score_samples_heap(
                     out[lo + r] = -0.5
 
 
+@pjit
+def _score_samples_heap_finite(
+    Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out
+):
+    # _score_samples_heap for an X without NaN (missing_left is never needed).
+    n = out.shape[0]
+    n_trees = feature.shape[0] // ((1 << depth) - 1)
+    n_inner = np.uint64((1 << depth) - 1)
+    n_chunks = (n + _BLOCK - 1) // _BLOCK
+    one = np.uint64(1)
+    for c in prange(n_chunks):
+        nodes = np.zeros(_TILE, dtype=np.uint64)
+        total = np.zeros(_TILE)
+        for lo in range(c * _BLOCK, min(c * _BLOCK + _BLOCK, n), _TILE):
+            m = min(_TILE, n - lo)
+            total[:] = 0.0
+            # Trees are summed in order, as scikit-learn accumulates them, for equal rounding.
+            for k in range(n_trees):
+                base = np.uint64(k) * n_inner
+                nodes[:] = 0
+                for _ in range(depth):
+                    for r in range(m):
+                        j = base + nodes[r]
+                        x = Xf[np.uint64((lo + r) * n_cols) + np.uint64(feature[j])]
+                        # no NaN in X: one comparison decides
+                        nodes[r] = nodes[r] + nodes[r] + one + np.uint64(not x <= threshold[j])
+                leaf = np.uint64(k) * (n_inner + one) - n_inner
+                for r in range(m):
+                    total[r] += leaf_value[leaf + nodes[r]]
+            for r in range(m):
+                if denom != 0.0:
+                    out[lo + r] = -(2.0 ** (-total[r] / denom))
+                else:
+                    out[lo + r] = -0.5
+
+
 def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
     """``IsolationForest.score_samples(X)`` computed from a :class:`PackedForest`.
 
@@ -370,7 +406,8 @@ def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
     c = float(average_path_length([packed.max_samples])[0])
     denom = (packed.tree_offsets.shape[0] - 1) * c
     if packed.heap_depth:
-        _score_samples_heap(
+        kernel = _score_samples_heap if np.isnan(X).any() else _score_samples_heap_finite
+        kernel(
             X.ravel(),
             X.shape[1],
             packed.heap_feature.ravel(),
