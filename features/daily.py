@@ -48,14 +48,21 @@ EVIDENCE_BEHAVIOURS: tuple[str, ...] = (
 
 
 def _window_flags(lf: pl.LazyFrame, cfg: dict[str, Any], offset_s: int, tag: str) -> pl.LazyFrame:
-    """Card-testing stats per fixed window (shifted by ``offset_s``) joined back onto rows."""
+    """Card-testing stats per fixed window (shifted by ``offset_s``) on each row.
+
+    Rows must be sorted by (terminal_id, txn_time), as :func:`terminal_day` gets them.
+    """
     w = int(cfg["window_s"])
-    bucket = ((pl.col("txn_time").dt.epoch("s") + offset_s) // w).alias(f"bucket_{tag}")
-    lf = lf.with_columns(bucket)
-    stats = lf.group_by("terminal_id", f"bucket_{tag}").agg(
-        pl.col("card_token").n_unique().alias(f"wcards_{tag}"),
-        (~pl.col("approved")).mean().alias(f"wdecl_{tag}"),
-        pl.col("amount_minor").median().alias(f"wmed_{tag}"),
+    bucket = (pl.col("txn_time").dt.epoch("s") + offset_s) // w
+    # Rows are sorted by (terminal, time), so each (terminal, window) is a run of
+    # rows: a run id is a cheap integer window key (no string group-by and join).
+    lf = lf.with_columns(pl.struct(pl.col("terminal_id"), bucket).rle_id().alias(f"bucket_{tag}"))
+    key = pl.col(f"bucket_{tag}")
+    timed = pl.col("txn_time").is_not_null()  # rows without a time are in no window
+    lf = lf.with_columns(
+        pl.when(timed).then(pl.col("card_token").n_unique().over(key)).alias(f"wcards_{tag}"),
+        pl.when(timed).then((~pl.col("approved")).mean().over(key)).alias(f"wdecl_{tag}"),
+        pl.when(timed).then(pl.col("amount_minor").median().over(key)).alias(f"wmed_{tag}"),
     )
     hit = (
         (pl.col(f"wcards_{tag}") >= int(cfg["min_distinct_cards"]))
@@ -67,8 +74,7 @@ def _window_flags(lf: pl.LazyFrame, cfg: dict[str, Any], offset_s: int, tag: str
     like = (pl.col(f"wcards_{tag}") >= int(cfg["min_distinct_cards"])) & (
         pl.col(f"wdecl_{tag}") > float(cfg["decline_rate"])
     )
-    stats = stats.with_columns(hit.alias(f"whit_{tag}"), like.alias(f"wlike_{tag}"))
-    return lf.join(stats, on=["terminal_id", f"bucket_{tag}"], how="left", maintain_order="left")
+    return lf.with_columns(hit.alias(f"whit_{tag}"), like.alias(f"wlike_{tag}"))
 
 
 def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
@@ -113,67 +119,137 @@ def card_testing_windows(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     )
 
 
+def _same_as_row_above(keys: list[str], k: int) -> pl.Expr:
+    """The row ``k`` rows up has the same ``keys`` (a group's rows are contiguous)."""
+    return pl.all_horizontal(
+        *[pl.col(c).eq_missing(pl.col(c).shift(k)) for c in keys],
+        pl.int_range(pl.len(), dtype=pl.Int64) >= k,
+    )
+
+
 def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     """Mark rows whose card is in a run of 3 same-BIN cards with a constant small last4 step.
 
     The three cards' first uses at the terminal that day must fall within ``window_s``.
+
+    Rows must be sorted by terminal (as :func:`terminal_day` gets them). One sort
+    of the narrow card columns by (terminal, day, BIN, last4, time) puts each
+    card's rows together, its first use first; only the rows of cards in a run
+    are joined back (by row number), so the wide rows are neither grouped nor
+    joined on strings.
     """
-    cards = (
-        lf.filter(pl.col("card_bin").is_not_null() & pl.col("card_last4").is_not_null())
-        .group_by("terminal_id", "local_date", "card_bin", "card_last4")
-        .agg(pl.col("txn_time").min().alias("first_t"))
-        .with_columns(pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"))
-        .sort("terminal_id", "local_date", "card_bin", "l4")
+    card = ["_term", "local_date", "card_bin", "card_last4"]
+    keys = ["_term", "local_date", "card_bin"]
+    lf = lf.with_row_index("_seq_row")
+    rows = (
+        lf.select(
+            "_seq_row",
+            # terminal_id's rank among the (sorted) rows: a cheap integer sort key
+            pl.col("terminal_id").rle_id().alias("_term"),
+            "local_date",
+            "card_bin",
+            "card_last4",
+            "txn_time",
+            pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"),
+        )
+        .filter(pl.col("card_bin").is_not_null() & pl.col("card_last4").is_not_null())
+        .sort(
+            "_term",
+            "local_date",
+            "card_bin",
+            "l4",
+            "card_last4",
+            "txn_time",
+            nulls_last=[False, False, False, False, False, True],
+        )
+        .with_columns((~_same_as_row_above(card, 1)).cum_sum().alias("_card"))
     )
-    keys = ["terminal_id", "local_date", "card_bin"]
-    gap = pl.col("l4") - pl.col("l4").shift(1).over(keys)
+    # One row per card: its first use (time sorted, missing times last).
+    cards = rows.filter(~_same_as_row_above(card, 1)).select(
+        "_card", *keys, "l4", pl.col("txn_time").alias("first_t")
+    )
+    # The cards are sorted by ``keys``, so ``shift(k).over(keys)`` is a shift
+    # masked where the group changes.
+    same = [_same_as_row_above(keys, k) for k in (1, 2)]
+
+    def shift(e: pl.Expr, k: int) -> pl.Expr:
+        return pl.when(same[k - 1]).then(e.shift(k))
+
+    gap = pl.col("l4") - shift(pl.col("l4"), 1)
     cards = cards.with_columns(gap.alias("gap"))
     t = pl.col("first_t").dt.epoch("s")
-    span = pl.max_horizontal(t, t.shift(1).over(keys), t.shift(2).over(keys)) - pl.min_horizontal(
-        t, t.shift(1).over(keys), t.shift(2).over(keys)
+    span = pl.max_horizontal(t, shift(t, 1), shift(t, 2)) - pl.min_horizontal(
+        t, shift(t, 1), shift(t, 2)
     )
     run_end = (
-        (pl.col("gap") == pl.col("gap").shift(1).over(keys))
+        (pl.col("gap") == shift(pl.col("gap"), 1))
         & (pl.col("gap") >= 1)
         & (pl.col("gap") <= int(cfg["max_last4_gap"]))
         & (span <= int(cfg["window_s"]))
     ).fill_null(False)
     cards = cards.with_columns(run_end.alias("run_end"))
+    # The row k rows down is in the same group when its "same as k rows up" holds.
     member = (
         pl.col("run_end")
-        | pl.col("run_end").shift(-1).over(keys).fill_null(False)
-        | pl.col("run_end").shift(-2).over(keys).fill_null(False)
+        | (same[0].shift(-1) & pl.col("run_end").shift(-1)).fill_null(False)
+        | (same[1].shift(-2) & pl.col("run_end").shift(-2)).fill_null(False)
     )
-    cards = cards.with_columns(member.alias("sequential_card")).select(
-        "terminal_id", "local_date", "card_bin", "card_last4", "sequential_card"
+    in_run = cards.filter(member).select("_card")
+    hits = rows.join(in_run, on="_card", how="semi").select(
+        "_seq_row", pl.lit(True).alias("sequential_card")
     )
-    out = lf.join(
-        cards,
-        on=["terminal_id", "local_date", "card_bin", "card_last4"],
-        how="left",
-        maintain_order="left",
-    )
-    return out.with_columns(pl.col("sequential_card").fill_null(False))
+    out = lf.join(hits, on="_seq_row", how="left", maintain_order="left")
+    return out.with_columns(pl.col("sequential_card").fill_null(False)).drop("_seq_row")
 
 
-def daily_cap_breaches() -> list[pl.Expr]:
-    """Rows at which a daily cap is exceeded (cumulative within the terminal-day)."""
+def daily_cap_breaches(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Add the rows at which a daily cap is exceeded (cumulative within the terminal-day).
+
+    ``over_daily_amount``, ``over_daily_count``: running cap-counting amount / count
+    of the terminal-day above the policy's cap; ``over_same_card``: the card's
+    running count of cap-counting rows that day above ``max_same_card_per_day``.
+    Rows must be sorted by terminal and time (running totals follow row order).
+    The per-card count is taken on the narrow cap-counting rows sorted by
+    (terminal, day, card, row): almost every card is its own group, which a
+    window over the wide rows (a hash group per card) makes slow.
+    """
     day = ["terminal_id", "local_date"]
     cap = pl.col("cap_txn")
     cum_amount = pl.when(cap).then(pl.col("amount_minor")).otherwise(0).cum_sum().over(day)
     cum_count = cap.cast(pl.Int64).cum_sum().over(day)
-    cum_card = cap.cast(pl.Int64).cum_sum().over([*day, "card_token"])
-    return [
+    lf = lf.with_columns(
         (cap & (cum_amount > pl.col("max_daily_amount_minor")))
         .fill_null(False)
         .alias("over_daily_amount"),
         (cap & (cum_count > pl.col("max_daily_txn_count")))
         .fill_null(False)
         .alias("over_daily_count"),
-        (cap & pl.col("card_token").is_not_null() & (cum_card > pl.col("max_same_card_per_day")))
-        .fill_null(False)
-        .alias("over_same_card"),
-    ]
+    ).with_row_index("_cap_row")
+    keys = ["_term", "local_date", "card_token"]
+    i = pl.col("_i")
+    sales = (
+        lf.filter(cap & pl.col("card_token").is_not_null())
+        .select(
+            "_cap_row",
+            pl.col("terminal_id").rle_id().alias("_term"),  # rows sorted by terminal
+            "local_date",
+            "card_token",
+            "max_same_card_per_day",
+        )
+        .sort(*keys, "_cap_row")
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
+    )
+    same = pl.all_horizontal(*[pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]) & (i >= 1)
+    hits = (
+        sales.with_columns(pl.when(~same).then(i).forward_fill().alias("_first"))
+        .filter(i - pl.col("_first") + 1 > pl.col("max_same_card_per_day"))
+        .select("_cap_row", pl.lit(True).alias("over_same_card"))
+    )
+    return (
+        lf.join(hits, on="_cap_row", how="left", maintain_order="left")
+        .with_columns(pl.col("over_same_card").fill_null(False))
+        .drop("_cap_row")
+    )
 
 
 def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
@@ -186,6 +262,7 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
             | pl.col("stan_conflict")
             | pl.col("ip_back_switch")
             | pl.col("cell_back_switch")
+            | pl.col("stan_chain_return")
         ).alias("ev_cloned_terminal"),
         (pl.col("mcc_mismatch") | pl.col("mcc_switch")).alias("ev_mcc_mismatch"),
         (
@@ -346,6 +423,29 @@ def aggregate_expressions() -> list[pl.Expr]:
     ]
 
 
+def device_expressions() -> list[pl.Expr]:
+    """Per terminal-day device signals the rules read that are not stored in ``terminal_day``.
+
+    ``n_stan_returns``: messages returning to an earlier, separately running STAN
+    counter (:func:`features.transactions.with_stan_chains`); ``n_stan_counters``:
+    distinct counters among the day's messages with a STAN. ``n_located_own``,
+    ``n_outside_geofence_own``, ``distance_p50_own_km``: the location aggregates over
+    the registered device's own messages (serial as registered, or none reported).
+    """
+    chain = pl.col("stan_chain")
+    # The registered device's own rows (serial as registered or not reported): a clone
+    # elsewhere is not the terminal moving, as hops are measured per device.
+    own = ~pl.col("serial_mismatch")
+    located = pl.col("distance_km").is_not_null()
+    return [
+        _count("stan_chain_return").alias("n_stan_returns"),
+        chain.filter(chain >= 0).n_unique().cast(pl.Int64).alias("n_stan_counters"),
+        _count(located & own).alias("n_located_own"),
+        _count(pl.col("outside_geofence") & own).alias("n_outside_geofence_own"),
+        pl.col("distance_km").filter(own).median().alias("distance_p50_own_km"),
+    ]
+
+
 def _detail_expressions() -> list[pl.Expr]:
     """Per terminal-day values used only in reason texts (not stored)."""
     return [
@@ -397,7 +497,7 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     # The joins above keep the row order of ``enriched``, which
     # enrich_transactions sorts by (terminal_id, txn_time, txn_id): cumulative
     # caps need that time order, so no second sort of the wide rows is needed.
-    lf = lf.with_columns(daily_cap_breaches())
+    lf = daily_cap_breaches(lf)
     technical = list(config["decline_families"]["technical"])
     lf = lf.with_columns(evidence_flags(technical))
     attrs = [
@@ -413,5 +513,5 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     ]
     details = [e for e in _detail_expressions() if e.meta.output_name() != "registered_mcc"]
     return lf.group_by("terminal_id", "local_date").agg(
-        *attrs, *aggregate_expressions(), *details, *evidence
+        *attrs, *aggregate_expressions(), *device_expressions(), *details, *evidence
     )

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from features.schema import APPROVED_RESPONSE_CODE, CAP_TXN_TYPES, TERMINAL_KINDS
-from kernels import device_interleaving, same_value_recent
+from kernels import device_interleaving, same_value_recent, stan_chains
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -63,37 +63,14 @@ def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFram
     ``reg_in_force`` whether a row was in force at that time. Attributes
     (location, MCC, kind, policy, serial) fall back to the terminal's earliest
     row when none is in force yet, so location and MCC checks still work.
-    Only narrow key frames are sorted for the as-of join; the wide rows are
-    joined back by index, keeping their order.
+
+    ``txns`` must be sorted by ``(terminal_id, txn_time)`` (as
+    :func:`enrich_transactions` sorts them): the as-of join then needs no sort
+    of the transaction rows. Every registry row (attributes already falling back
+    to the earliest row) plus one "nothing in force yet" row per terminal (at
+    the smallest time) form a small candidate table; one as-of join picks the
+    candidate of each transaction.
     """
-    reg = registry.select(
-        "terminal_id",
-        *[pl.col(c).alias(f"reg_{c}") for c in REGISTRY_COLUMNS],
-    ).with_row_index("_reg_idx")
-    keys = (
-        txns.select("terminal_id", "txn_time")
-        .with_row_index("_row")
-        .sort("txn_time")
-        .join_asof(
-            reg.select("_reg_idx", "terminal_id", "reg_updated_at").sort("reg_updated_at"),
-            left_on="txn_time",
-            right_on="reg_updated_at",
-            by="terminal_id",
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .sort("_row")
-        .select("_reg_idx")
-    )
-    first = (
-        reg.sort("terminal_id", "reg_updated_at")
-        .group_by("terminal_id")
-        .first()
-        .select("terminal_id", *[pl.col(f"reg_{c}").alias(f"first_{c}") for c in REGISTRY_COLUMNS])
-    )
-    joined = pl.concat([txns, keys], how="horizontal")
-    joined = joined.join(reg.drop("terminal_id"), on="_reg_idx", how="left", maintain_order="left")
-    joined = joined.join(first, on="terminal_id", how="left", maintain_order="left")
     static = (
         "merchant_id",
         "serial_number",
@@ -104,14 +81,64 @@ def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFram
         "terminal_kind",
         "policy_id",
     )
-    return (
-        joined.with_columns(
-            pl.col("first_updated_at").is_not_null().alias("reg_known"),
-            pl.col("reg_updated_at").is_not_null().alias("reg_in_force"),
+    time_type = txns.collect_schema()["txn_time"]
+    reg = registry.select(
+        "terminal_id",
+        *[pl.col(c).alias(f"reg_{c}") for c in REGISTRY_COLUMNS],
+    )
+    first = (
+        reg.sort("terminal_id", "reg_updated_at")
+        .group_by("terminal_id")
+        .first()
+        .select("terminal_id", *[pl.col(f"reg_{c}").alias(f"first_{c}") for c in REGISTRY_COLUMNS])
+    )
+    # Smaller than any time: before a terminal's first row (or without a time)
+    # the "nothing in force" candidate is found.
+    lowest = pl.lit(-(2**63), dtype=pl.Int64)
+    in_force = (
+        reg.filter(pl.col("reg_updated_at").is_not_null())
+        .join(first, on="terminal_id", how="inner")
+        .with_columns(
+            pl.col("reg_updated_at").cast(time_type).cast(pl.Int64).alias("_asof_t"),
+            pl.lit(True).alias("reg_in_force"),
             *[pl.coalesce(f"reg_{c}", f"first_{c}").alias(f"reg_{c}") for c in static],
         )
-        .drop([f"first_{c}" for c in REGISTRY_COLUMNS])
-        .drop("_reg_idx")
+    )
+    never = pl.lit(False)
+    none_yet = first.with_columns(
+        lowest.alias("_asof_t"),
+        never.alias("reg_in_force"),
+        *[
+            (
+                pl.col(f"first_{c}") if c in static else pl.when(never).then(pl.col(f"first_{c}"))
+            ).alias(f"reg_{c}")
+            for c in REGISTRY_COLUMNS
+        ],
+    )
+    cols = [
+        "terminal_id",
+        "_asof_t",
+        *[f"reg_{c}" for c in REGISTRY_COLUMNS],
+        "reg_in_force",
+        pl.col("first_updated_at").is_not_null().alias("_known"),
+    ]
+    candidates = pl.concat([in_force.select(cols), none_yet.select(cols)]).sort(
+        "terminal_id", "_asof_t"
+    )
+    t = pl.col("txn_time").cast(pl.Int64).fill_null(lowest)
+    joined = txns.with_columns(t.alias("_asof_t")).join_asof(
+        candidates,
+        on="_asof_t",
+        by="terminal_id",
+        strategy="backward",
+        check_sortedness=False,
+    )
+    names = txns.collect_schema().names()
+    return joined.select(
+        *names,
+        *[f"reg_{c}" for c in REGISTRY_COLUMNS],
+        pl.col("_known").fill_null(False).alias("reg_known"),
+        pl.col("reg_in_force").fill_null(False),
     )
 
 
@@ -125,8 +152,15 @@ def join_policy(txns: pl.LazyFrame, policies: pl.DataFrame) -> pl.LazyFrame:
         .alias("policy_key")
     )
     lists = ["allowed_card_types", "allowed_txn_types", "allowed_entry_modes"]
-    out = with_key.join(
-        policies.drop(lists).lazy(), on="policy_key", how="left", maintain_order="left"
+    # Policies are few: each policy column is gathered by the policy's row number
+    # instead of joining (and copying) the wide transaction rows.
+    row = pl.col("policy_key").replace_strict(
+        known, list(range(len(known))), default=None, return_dtype=pl.UInt32
+    )
+    out = with_key.with_columns(
+        pl.lit(policies.get_column(c)).gather(row).alias(c)
+        for c in policies.columns
+        if c != "policy_key" and c not in lists
     )
     geofence = pl.lit(None, dtype=pl.Float64)
     for kind in TERMINAL_KINDS:
@@ -334,6 +368,28 @@ def refund_unmatched() -> pl.Expr:
 # ---------------------------------------------------------------------------
 # Stage 2: sequence features within a terminal (rows sorted by terminal, time)
 # ---------------------------------------------------------------------------
+# The rows of a terminal are contiguous, so "previous row of the same terminal"
+# is a plain shift masked where the terminal changes: no ``over("terminal_id")``
+# window (a hash group-by per expression) is needed.
+
+
+def _same_terminal_as_prev(k: int = 1) -> pl.Expr:
+    """The row ``k`` rows earlier belongs to the same terminal (rows sorted by terminal)."""
+    t = pl.col("terminal_id")
+    return t.eq_missing(t.shift(k)) & (pl.int_range(pl.len(), dtype=pl.Int64) >= k)
+
+
+def _shift_in_terminal(expr: pl.Expr, k: int = 1) -> pl.Expr:
+    """``expr.shift(k).over("terminal_id")`` on rows sorted by terminal."""
+    return pl.when(_same_terminal_as_prev(k)).then(expr.shift(k))
+
+
+def _ffill_in_terminal(expr: pl.Expr) -> pl.Expr:
+    """``expr.forward_fill().over("terminal_id")`` on rows sorted by terminal."""
+    idx = pl.int_range(pl.len(), dtype=pl.Int64)
+    start = pl.when(~_same_terminal_as_prev(1)).then(idx).forward_fill()
+    last = pl.when(expr.is_not_null()).then(idx).forward_fill()
+    return pl.when(last >= start).then(expr.forward_fill())
 
 
 def _prev_located(col: str) -> pl.Expr:
@@ -381,12 +437,12 @@ def impossible_hop(max_speed_kmh: float, min_jump_km: float) -> pl.Expr:
 
 def _switches(col: str) -> tuple[pl.Expr, pl.Expr]:
     """(switch, back_switch) of ``col`` along the terminal's rows, nulls carried forward."""
-    v = pl.col(col).forward_fill().over("terminal_id")
-    prev = v.shift(1).over("terminal_id")
+    v = _ffill_in_terminal(pl.col(col))
+    prev = _shift_in_terminal(v)
     switch = (v != prev).fill_null(False) & pl.col(col).is_not_null()
     # run_prev = the value of the run before the current one.
-    run_prev = pl.when(v != prev).then(prev).otherwise(None).forward_fill().over("terminal_id")
-    back = switch & (v == run_prev.shift(1).over("terminal_id")).fill_null(False)
+    run_prev = _ffill_in_terminal(pl.when(v != prev).then(prev).otherwise(None))
+    back = switch & (v == _shift_in_terminal(run_prev)).fill_null(False)
     return switch, back
 
 
@@ -413,16 +469,14 @@ def cell_back_switch() -> pl.Expr:
 def mcc_switch() -> pl.Expr:
     """Message MCC differs from the terminal's previous message MCC."""
     return (
-        (pl.col("mcc") != pl.col("mcc").shift(1).over("terminal_id"))
-        .fill_null(False)
-        .alias("mcc_switch")
+        (pl.col("mcc") != _shift_in_terminal(pl.col("mcc"))).fill_null(False).alias("mcc_switch")
     )
 
 
 def stan_out_of_order() -> pl.Expr:
     """STAN lower than the previous message's STAN (and not a wrap from 999999)."""
     s = pl.col("stan").cast(pl.Int64, strict=False)
-    prev = s.shift(1).over("terminal_id")
+    prev = _shift_in_terminal(s)
     return ((s < prev) & ((prev - s) < 900_000)).fill_null(False).alias("stan_out_of_order")
 
 
@@ -564,6 +618,37 @@ def with_sequence_kernels(df: pl.DataFrame, config: dict[str, Any]) -> pl.DataFr
     return out.with_columns(pl.Series("same_card_burst", burst))
 
 
+def with_stan_chains(df: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
+    """Add ``stan_chain`` and ``stan_chain_return`` (:func:`kernels.stan_chains`).
+
+    One device has one STAN counter (domain §1 #2 (b), §4.1 DE11): a terminal id whose
+    messages return to an earlier, separately running counter is used by two devices.
+    Reversals are left out (a reversal may carry the STAN of the message it reverses),
+    as are rows without a 6-digit STAN. Takes and returns a materialised frame sorted by
+    ``(terminal_id, txn_time)``; ``stan_chain`` is the chain index within the terminal
+    (-1 when left out).
+    """
+    c = config["cloned_terminal"]
+    stan = df.get_column("stan").cast(pl.Int64, strict=False)
+    keep = stan.is_not_null() & (df.get_column("txn_type") != "reversal").fill_null(True)
+    codes = stan.zip_with(keep, pl.Series([-1], dtype=pl.Int64)).fill_null(-1)
+    if df.height == 0:
+        return df.with_columns(
+            pl.lit(-1, dtype=pl.Int64).alias("stan_chain"),
+            pl.lit(False).alias("stan_chain_return"),
+        )
+    group = _group_codes(df.get_column("terminal_id"))
+    order = np.arange(df.height, dtype=np.int64)  # rows are in time order within a terminal
+    chain, back = stan_chains(
+        group,
+        order,
+        codes.to_numpy(),
+        int(c["stan_chain_max_gap"]),
+        int(c["stan_chain_min_len"]),
+    )
+    return df.with_columns(pl.Series("stan_chain", chain), pl.Series("stan_chain_return", back))
+
+
 def enrich_transactions(
     txns: pl.LazyFrame,
     registry: pl.LazyFrame,
@@ -637,6 +722,10 @@ def enrich_transactions(
         stan_conflict(),
     )
     # Kernel-backed columns need the sorted rows in memory (one collect).
-    lf = with_sequence_kernels(lf.collect(), config).lazy()
+    # The in-memory engine: polars' default streaming engine runs these ordered
+    # (shift / forward-fill / run-id) plans several times slower (issue 4).
+    lf = with_stan_chains(
+        with_sequence_kernels(lf.collect(engine="in-memory"), config), config
+    ).lazy()
     lf = lf.with_columns(hop_speed_kmh())
     return lf.with_columns(impossible_hop(float(rel["max_speed_kmh"]), float(rel["min_jump_km"])))

@@ -10,6 +10,7 @@ from kernels.devices import device_interleaving
 from kernels.forest import PackedForest, isolation_forest_score_samples, pack_isolation_forest
 from kernels.geo import distance_km, travel_speed_kmh
 from kernels.stan import stan_checks
+from kernels.stan_chains import stan_chains
 from kernels.windows import same_value_recent, window_count, window_distinct
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "pack_isolation_forest",
     "same_value_recent",
     "sequential_card_burst",
+    "stan_chains",
     "stan_checks",
     "travel_speed_kmh",
     "window_count",

@@ -96,24 +96,32 @@ def _night_business() -> pl.Expr:
 def relocation_checks(cfg: dict[str, Any]) -> list[Check]:
     """Away from the registered address, or impossible travel (domain §1 #1)."""
     c = cfg["relocation"]
-    share = pl.col("n_outside_geofence") / pl.col("n_located").cast(pl.Float64)
+    # Judge the registered device's own located messages when it reported any (a clone
+    # used elsewhere is cloned_terminal, not the terminal moving); else all of them
+    # (a replacement device, or no serial reported).
+    own = pl.col("n_located_own") > 0
+    n_loc = pl.when(own).then(pl.col("n_located_own")).otherwise(pl.col("n_located"))
+    n_out = (
+        pl.when(own).then(pl.col("n_outside_geofence_own")).otherwise(pl.col("n_outside_geofence"))
+    )
+    dist = pl.when(own).then(pl.col("distance_p50_own_km")).otherwise(pl.col("distance_p50_km"))
+    share = n_out / n_loc.cast(pl.Float64)
     fence_km = pl.col("geofence_m") / 1000.0
     return [
         Check(
             "outside_geofence",
-            (pl.col("n_outside_geofence") >= int(c["min_outside"]))
-            & (share >= float(c["min_outside_share"])),
-            exceed_score(pl.col("distance_p50_km"), fence_km),
+            (n_out >= int(c["min_outside"])) & (share >= float(c["min_outside_share"])),
+            exceed_score(dist, fence_km),
             pl.format(
                 "reported location {} km from the registered address (median of {} of {} "
                 "located transactions outside; max {} km; geofence {} m)",
-                pl.col("distance_p50_km").round(1),
-                pl.col("n_outside_geofence"),
-                pl.col("n_located"),
+                dist.round(1),
+                n_out,
+                n_loc,
                 pl.col("distance_max_km").round(1),
                 pl.col("geofence_m").round(0).cast(pl.Int64),
             ),
-            pl.col("distance_p50_km"),
+            dist,
             fence_km,
         ),
         Check(
@@ -129,6 +137,41 @@ def relocation_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("max_speed_kmh"),
             _f(c["max_speed_kmh"]),
+        ),
+        Check(
+            "telemetry_outside_geofence",
+            (pl.col("n_event_outside_geofence") >= int(c["min_outside"]))
+            & (
+                pl.col("n_event_outside_geofence") / pl.col("n_event_located").cast(pl.Float64)
+                >= float(c["min_outside_share"])
+            ),
+            exceed_score(pl.col("event_distance_p50_km"), fence_km),
+            pl.format(
+                "terminal-management location reports {} km from the registered address "
+                "(median of {} of {} located events outside; geofence {} m)",
+                pl.col("event_distance_p50_km").round(1),
+                pl.col("n_event_outside_geofence"),
+                pl.col("n_event_located"),
+                pl.col("geofence_m").round(0).cast(pl.Int64),
+            ),
+            pl.col("event_distance_p50_km"),
+            fence_km,
+        ),
+        Check(
+            "network_moved",
+            pl.col("n_network_moved") >= 1,
+            pl.lit(0.6),
+            pl.format(
+                "fixed-site terminal now attaches to location area {} and IP network {}.x.x, "
+                "not its usual {} and {}.x.x of {} earlier days (moved; no GPS needed)",
+                pl.col("event_lac"),
+                pl.col("event_ip_network"),
+                pl.col("base_lac"),
+                pl.col("base_ip_network"),
+                pl.col("base_days"),
+            ),
+            pl.col("n_network_moved").cast(pl.Float64),
+            _f(1),
         ),
     ]
 
@@ -152,6 +195,36 @@ def cloned_terminal_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("n_serials").cast(pl.Float64),
             _f(c["min_serials"]),
+        ),
+        Check(
+            "two_devices_signed_on",
+            (pl.col("n_event_serials") >= int(c["min_serials"]))
+            & (pl.col("n_event_serial_back_switch") >= int(c["min_back_switches"])),
+            exceed_score(pl.col("n_event_serials"), _f(c["min_serials"] - 0.5)),
+            pl.format(
+                "{} device serials signed on / reported under one terminal id in a day, "
+                "alternating {} times (terminal-management telemetry; threshold {} serials)",
+                pl.col("n_event_serials"),
+                pl.col("n_event_serial_back_switch"),
+                pl.lit(int(c["min_serials"])),
+            ),
+            pl.col("n_event_serials").cast(pl.Float64),
+            _f(c["min_serials"]),
+        ),
+        Check(
+            "stan_counters",
+            pl.col("n_stan_returns") >= int(c["min_stan_returns"]),
+            exceed_score(pl.col("n_stan_returns"), _f(c["min_stan_returns"] - 0.5)),
+            pl.format(
+                "{} STAN counters interleave on one terminal id: messages return {} times to "
+                "an earlier counter while another runs (one device has one counter; "
+                "threshold {} returns)",
+                pl.col("n_stan_counters"),
+                pl.col("n_stan_returns"),
+                pl.lit(int(c["min_stan_returns"])),
+            ),
+            pl.col("n_stan_returns").cast(pl.Float64),
+            _f(c["min_stan_returns"]),
         ),
         Check(
             "stan_conflict",
@@ -416,6 +489,23 @@ def fallback_abuse_checks(cfg: dict[str, Any]) -> list[Check]:
             pl.col("fallback_share"),
             _f(c["rate"]),
         ),
+        Check(
+            "repeated_fallback",
+            (pl.col("n_fallback") >= 1) & (pl.col("n_fallback_w") >= int(c["min_txns_window"])),
+            count_score(pl.col("n_fallback_w") - int(c["min_txns_window"]) + 1),
+            pl.format(
+                "{} approved card reads by chip fallback or manual entry ({}) in {} days, {} "
+                "today (threshold {} in {} days; any approved fallback is non-compliant)",
+                pl.col("n_fallback_w"),
+                pl.lit(modes),
+                pl.lit(int(c["window_days"])),
+                pl.col("n_fallback"),
+                pl.lit(int(c["min_txns_window"])),
+                pl.lit(int(c["window_days"])),
+            ),
+            pl.col("n_fallback_w").cast(pl.Float64),
+            _f(c["min_txns_window"]),
+        ),
     ]
 
 
@@ -638,6 +728,28 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             _f(1),
             fires=False,
         ),
+        Check(
+            "symptom_families",
+            (tech >= int(c["min_technical"]))
+            & (rev >= int(c["min_reversals"]))
+            & (dups >= int(c["min_stan_repeats"])),
+            pl.lit(0.6),
+            pl.format(
+                "technical declines ({}), reversals ({}) and STAN reuses ({}) all together in {} "
+                "days (each at least its minimum count {}, {}, {}; rates of a busy terminal "
+                "stay low)",
+                tech,
+                rev,
+                dups,
+                pl.lit(w),
+                pl.lit(int(c["min_technical"])),
+                pl.lit(int(c["min_reversals"])),
+                pl.lit(int(c["min_stan_repeats"])),
+            ),
+            _f(3),
+            _f(3),
+            fires=False,
+        ),
     ]
 
 
@@ -651,6 +763,36 @@ MALFUNCTION_SYMPTOMS: tuple[str, ...] = (
     "n_stan_conflict",
     "n_implausible_time",
 )
+
+
+#: Terminal-day counts the rules read that a day frame may lack (0 when absent):
+#: STAN counters (``features.daily.device_expressions``) and telemetry
+#: (``features.events``).
+OPTIONAL_COUNTS: tuple[str, ...] = (
+    "n_located_own",
+    "n_outside_geofence_own",
+    "n_stan_returns",
+    "n_stan_counters",
+    "n_event_serials",
+    "n_event_serial_back_switch",
+    "n_event_located",
+    "n_event_outside_geofence",
+    "n_network_moved",
+)
+#: Telemetry values used in reason texts only (null when absent).
+OPTIONAL_DETAILS: dict[str, pl.DataType] = {
+    "distance_p50_own_km": pl.Float64(),
+    "event_distance_p50_km": pl.Float64(),
+    "event_lac": pl.String(),
+    "event_ip_network": pl.String(),
+    "base_lac": pl.String(),
+    "base_ip_network": pl.String(),
+    "base_days": pl.Int64(),
+}
+
+
+#: Daily counts the fallback rule sums over ``[fallback_abuse] window_days``.
+FALLBACK_WINDOW_COUNTS: tuple[str, ...] = ("n_fallback",)
 
 
 CHECKS = {
@@ -734,7 +876,20 @@ def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     )
     if "n_implausible_time" not in names:
         out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
-    missing = [pl.col(c).alias(f"{c}_w") for c in MALFUNCTION_SYMPTOMS if f"{c}_w" not in names]
+    # Signals a caller may not have computed (older frames, no telemetry): none seen.
+    absent = [c for c in OPTIONAL_COUNTS if c not in names]
+    if absent:
+        out = out.with_columns([pl.lit(0, dtype=pl.Int64).alias(c) for c in absent])
+    details = [
+        pl.lit(None, dtype=t).alias(c) for c, t in OPTIONAL_DETAILS.items() if c not in names
+    ]
+    if details:
+        out = out.with_columns(details)
+    missing = [
+        pl.col(c).alias(f"{c}_w")
+        for c in (*MALFUNCTION_SYMPTOMS, *FALLBACK_WINDOW_COUNTS)
+        if f"{c}_w" not in names
+    ]
     if missing:
         out = out.with_columns(missing)
     return out
@@ -763,7 +918,11 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
             parts.append(behaviour_detections(day, behaviour, checks, fire, score))
         elif behaviour == "malfunction":
             c = config["malfunction"]
-            n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in checks])
+            indicators = [ch for ch in checks if ch.code != "symptom_families"]
+            n_ind = pl.sum_horizontal(
+                [ch.when.fill_null(False).cast(pl.Int32) for ch in indicators]
+            )
+            families = next(ch for ch in checks if ch.code == "symptom_families").when
             symptom_today = (
                 pl.col("n_technical")
                 + pl.col("n_reversal")
@@ -774,7 +933,9 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
             strong = (pl.col("n_technical") >= int(c["strong_technical"])) & (
                 pl.col("decline_technical_rate") > float(c["technical_rate"])
             )
-            fire = (symptom_today & (n_ind >= int(c["min_indicators"]))) | strong
+            fire = (
+                symptom_today & ((n_ind >= int(c["min_indicators"])) | families.fill_null(False))
+            ) | strong
             parts.append(behaviour_detections(day, behaviour, checks, fire))
         else:
             parts.append(behaviour_detections(day, behaviour, checks))

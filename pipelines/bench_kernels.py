@@ -18,9 +18,12 @@ import numpy as np
 import polars as pl
 
 from kernels import cards, devices, forest, geo, stan, windows
+from kernels import stan_chains as stan_chains_kernel
+from kernels.stan_chains import STAN_MODULUS
 
 WINDOW_S = 600
 MAX_GAP = 2
+STAN_GAP = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +186,54 @@ def polars_stan(r) -> tuple[np.ndarray, np.ndarray]:
     return d, o
 
 
+def polars_stan_chains(r) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kernels.stan_chains` as polars segments plus a loop over segments.
+
+    Within a run of rows whose STAN steps by 0..STAN_GAP from the previous row the chain
+    cannot change (polars, vectorised); only a run's first row needs the search over the
+    group's chains, which is sequential (a Python loop over runs, not rows).
+    """
+    df = pl.DataFrame({"g": r["group"], "s": r["stan"]}).with_row_index("i")
+    known = df.filter(pl.col("s") != -1)
+    step = (pl.col("s") - pl.col("s").shift()) % STAN_MODULUS
+    known = known.with_columns((~_same_group() | (step > STAN_GAP)).fill_null(True).alias("new"))
+    known = known.with_columns(pl.col("new").cum_sum().alias("seg"))
+    segs = known.group_by("seg", maintain_order=True).agg(
+        pl.col("g").first(), pl.col("s").first().alias("first"), pl.col("s").last().alias("last")
+    )
+    seg_chain = np.empty(segs.height, dtype=np.int64)
+    lasts: list[int] = []
+    prev_g = None
+    for j, (g, first, last) in enumerate(
+        zip(segs["g"].to_list(), segs["first"].to_list(), segs["last"].to_list(), strict=True)
+    ):
+        if g != prev_g:
+            lasts, prev_g = [], g
+        best, best_d = -1, STAN_GAP + 1
+        for c, lc in enumerate(lasts):
+            d = (first - lc) % STAN_MODULUS
+            if d < best_d:
+                best, best_d = c, d
+        if best < 0:
+            best = len(lasts)
+            lasts.append(last)
+        lasts[best] = last
+        seg_chain[j] = best
+    known = known.with_columns(pl.Series("c", seg_chain[known["seg"].to_numpy() - 1]))
+    size = pl.len().over(["g", "c"])
+    kept = known.filter(size >= 2)
+    first_seen = pl.col("i").min().over(["g", "c"])
+    back = (
+        _same_group() & (pl.col("c") != pl.col("c").shift()) & (first_seen < pl.col("i"))
+    ).fill_null(False)
+    kept = kept.with_columns(back.alias("b"))
+    n = len(r["group"])
+    chain, b = np.full(n, -1, dtype=np.int64), np.zeros(n, bool)
+    chain[known["i"].to_numpy()] = known["c"].to_numpy()
+    b[kept["i"].to_numpy()] = kept["b"].to_numpy()
+    return chain, b
+
+
 def polars_cards(r) -> np.ndarray:
     df = pl.DataFrame(
         {"g": r["group"], "t": r["t"], "b": r["bin"], "k": r["last4"]}
@@ -264,6 +315,10 @@ def _cases(r) -> dict[str, tuple[Callable, list[tuple[str, Callable]]]]:
         "stan_checks": (
             lambda: stan.stan_checks(g, t, r["stan"], WINDOW_S),
             [("polars shift().over([g, stan])", lambda: polars_stan(r))],
+        ),
+        "stan_chains": (
+            lambda: stan_chains_kernel(g, t, r["stan"], STAN_GAP),
+            [("polars runs + loop over runs", lambda: polars_stan_chains(r))],
         ),
         "sequential_card_burst": (
             lambda: cards.sequential_card_burst(g, t, r["bin"], r["last4"], WINDOW_S, MAX_GAP),

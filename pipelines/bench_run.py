@@ -70,6 +70,16 @@ def synth_registry(n_terminals: int, seed: int = 0) -> pl.DataFrame:
     )
 
 
+def _stans(term: np.ndarray, secs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One STAN counter per terminal (``term`` sorted), increasing with time from a random start."""
+    n = term.shape[0]
+    order = np.lexsort((secs, term))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.searchsorted(term, term[order], side="left")
+    start = rng.integers(0, 999_999, int(term.max()) + 1 if n else 0)
+    return (start[term] + rank) % 999_999 + 1
+
+
 def synth_day(registry: pl.DataFrame, n: int, day: date, seed: int) -> pl.DataFrame:
     """``n`` transactions of one local day spread over the registry's terminals."""
     rng = np.random.default_rng(seed)
@@ -103,7 +113,7 @@ def synth_day(registry: pl.DataFrame, n: int, day: date, seed: int) -> pl.DataFr
             "pin_entered": True,
             "mcc": mccs[term],
             "response_code": rc,
-            "stan": pl.Series(np.arange(n) % 999999 + 1).cast(pl.String).str.pad_start(6, "0"),
+            "stan": pl.Series(_stans(term, secs, rng)).cast(pl.String).str.pad_start(6, "0"),
             "rrn": None,
             "original_txn_id": None,
             "device_serial": pl.Series(term)
@@ -173,11 +183,12 @@ def _measure(db: str, day: str) -> None:
     from pipelines.detect import run_detection
     from pipelines.settings import Settings
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"wall_s": wall, "peak_rss_mib": rss, "counts": res.counts}, default=str))
+    out = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "counts": res.counts}
+    print(json.dumps(out, default=str))
 
 
 def _child(db: Path, day: date) -> dict:
@@ -220,15 +231,20 @@ def run(args: argparse.Namespace, settings) -> int:
     day = build_db(db, n, terminals, 1)
     report["generate_s"] = round(time.perf_counter() - t0, 1)
     one = _child(db, day)
+    stages = {k: v for k, v in one["counts"].items() if k.endswith("_s") and k != "duration_s"}
     report["one_day"] = {
         "wall_s": round(one["wall_s"], 2),
+        "cpu_s": round(one["cpu_s"], 2),
         "peak_rss_mib": round(one["peak_rss_mib"]),
         "rows_per_s": round(n / one["wall_s"]),
+        "stages_s": stages,
     }
     print(
         f"one day: {n:,} transactions over {terminals:,} terminals: "
-        f"{one['wall_s']:.1f} s, peak RSS {one['peak_rss_mib']:.0f} MiB"
+        f"{one['wall_s']:.1f} s ({one['cpu_s']:.1f} s CPU), "
+        f"peak RSS {one['peak_rss_mib']:.0f} MiB"
     )
+    print("  " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in stages.items()))
     if not args.skip_history:
         hn = int(args.history_rows or max(n // 20, 1000))
         ht = max(hn // 50, 100)
@@ -236,9 +252,16 @@ def run(args: argparse.Namespace, settings) -> int:
         for days in (5, 60):
             hdb = work / f"day{days}.duckdb"
             last = build_db(hdb, hn, ht, days)
-            times[days] = _child(hdb, last)["wall_s"]
+            res = _child(hdb, last)
+            times[days] = res["wall_s"]
+            stages = {
+                k: v for k, v in res["counts"].items() if k.endswith("_s") and k != "duration_s"
+            }
             print(
-                f"day {days}: {hn:,} transactions a day over {ht:,} terminals: {times[days]:.2f} s"
+                f"day {days}: {hn:,} transactions a day over {ht:,} terminals: "
+                f"{times[days]:.2f} s ({res['cpu_s']:.1f} s CPU; "
+                + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in stages.items())
+                + ")"
             )
         report["history"] = {
             "rows_per_day": hn,

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import resource
 import sys
 import time
 import uuid
@@ -33,6 +34,12 @@ import duckdb
 import polars as pl
 
 from features.daily import terminal_day
+from features.events import (
+    NETWORK_EVENT_TYPES,
+    event_day_features,
+    network_baseline,
+    with_telemetry,
+)
 from features.peers import with_peer_features
 from features.policy import policy_frame
 from features.schema import (
@@ -63,9 +70,14 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "n_stan_repeat",
     "n_stan_conflict",
     "n_implausible_time",
+    "n_fallback",
 )
 #: Lines either side of an implausibly-timed row searched for a neighbour of the run date.
 NEIGHBOUR_LINES = 20
+#: Largest number of a day's transactions handled by one call of :func:`detect_partition`:
+#: bigger days are read and processed in terminal partitions of about this size, so
+#: the per-terminal step's memory does not grow with the day's volume.
+PARTITION_ROWS = 1_000_000
 
 
 @dataclass
@@ -129,17 +141,31 @@ def policy_version(policies: dict[str, dict[str, Any]]) -> str:
 
 
 def read_day_transactions(
-    con: duckdb.DuckDBPyConnection, as_of: date, lookback_days: int = 90
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    lookback_days: int = 90,
+    partition: tuple[int, int] | None = None,
 ) -> pl.DataFrame:
     """Transactions of local day ``as_of`` with the original a refund refers to.
 
     Originals are looked up among the ``lookback_days`` days before ``as_of``
-    only, so the lookup does not scan the whole history.
+    only, so the lookup does not scan the whole history. ``partition=(i, n)``
+    reads only the terminals of partition ``i`` of ``n`` (by a hash of
+    ``terminal_id``): every row of a terminal is in the same partition.
     """
+    part = ""
+    if partition is not None:
+        i, n = (int(x) for x in partition)
+        if not 0 <= i < n:
+            raise ValueError(
+                f"partition {partition!r} is not (index, count) with 0 <= index < count; "
+                "give e.g. (0, 4)"
+            )
+        part = f" AND hash(terminal_id) % {n} = {i}"
     return _frame(
         con,
-        """
-        WITH day AS (SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?),
+        f"""
+        WITH day AS (SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?{part}),
         orig AS (
             SELECT txn_id, terminal_id, card_token, amount_minor FROM transactions
             WHERE local_date BETWEEN ? AND ?
@@ -153,6 +179,37 @@ def read_day_transactions(
         """,
         [as_of, as_of - timedelta(days=lookback_days), as_of],
     )
+
+
+def read_telemetry(
+    con: duckdb.DuckDBPyConnection, as_of: date, registry: pl.DataFrame, config: dict[str, Any]
+) -> pl.DataFrame:
+    """Per-terminal telemetry signals of day ``as_of`` (:func:`features.events.event_day_features`).
+
+    Reads the day's ``terminal_events`` and, for the network baseline, the network
+    columns of the ``[relocation] network_baseline_days`` days before.
+    """
+    cols = "event_id, terminal_id, event_time, event_type, device_serial, lat, lon, cell_id, "
+    cols += "ip_address"
+    start = datetime.combine(as_of, datetime.min.time())
+    events = _frame(
+        con,
+        f"SELECT {cols} FROM terminal_events WHERE event_time >= ? AND event_time < ?",
+        [start, start + timedelta(days=1)],
+    )
+    if events.height == 0:
+        return events
+    types = ", ".join(f"'{t}'" for t in NETWORK_EVENT_TYPES)
+    days = int(config["relocation"]["network_baseline_days"])
+    past = _frame(
+        con,
+        "SELECT terminal_id, CAST(event_time AS DATE) AS event_date, cell_id, ip_address, "
+        "count(*) AS n FROM terminal_events "
+        f"WHERE event_time >= ? AND event_time < ? AND event_type IN ({types}) GROUP BY ALL",
+        [start - timedelta(days=days), start],
+    )
+    baseline = network_baseline(past.lazy()) if past.height else None
+    return event_day_features(events.lazy(), registry.lazy(), baseline).collect()
 
 
 def read_registry(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
@@ -291,6 +348,7 @@ def detect_partition(
     config: dict[str, Any],
     implausible: pl.DataFrame | None = None,
     history: pl.DataFrame | None = None,
+    telemetry: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-terminal work for one set of terminals: (terminal-day frame, rule detections).
 
@@ -312,10 +370,14 @@ def detect_partition(
         ``terminal_id, txn_id, outside_trial`` of clock-skewed rows sent that day.
     history : DataFrame or None
         Their ``terminal_day`` rows of the previous 30 days (:data:`HISTORY_COLUMNS`).
+    telemetry : DataFrame or None
+        Their telemetry signals of the day (:func:`read_telemetry`).
     """
     enriched = enrich_transactions(txns.lazy(), registry.lazy(), policies, config)
-    day = terminal_day(enriched, config).collect()
+    # In-memory engine: the streaming default is slower on these ordered plans (issue 4).
+    day = terminal_day(enriched, config).collect(engine="in-memory")
     day = _with_implausible(day, implausible)
+    day = with_telemetry(day, telemetry, config)
     hist = (
         history
         if history is not None
@@ -328,7 +390,7 @@ def detect_partition(
         )
     )
     day = with_history(day, hist, config)
-    detections = rules.detect(day.lazy(), config).collect()
+    detections = rules.detect(day.lazy(), config).collect(engine="in-memory")
     return day, detections
 
 
@@ -377,6 +439,7 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
     as_of = day.get_column("local_date").max() if day.height else None
     w = int(config["malfunction"]["window_days"])
     sums = rules.MALFUNCTION_SYMPTOMS
+    fb_sums = rules.FALLBACK_WINDOW_COUNTS
     if history.height == 0 or as_of is None:
         hist = pl.DataFrame(
             schema={
@@ -386,11 +449,14 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
                 "n_txn_30d": pl.Float64,
                 "days_seen_30d": pl.Int64,
                 **{f"_h_{c}": pl.Int64 for c in sums},
+                **{f"_h_{c}": pl.Int64 for c in fb_sums},
             }
         )
     else:
         recent = pl.col("local_date") > pl.lit(as_of - timedelta(days=7))
         window = pl.col("local_date") > pl.lit(as_of - timedelta(days=w))
+        fb_w = int(config["fallback_abuse"]["window_days"])
+        fb_window = pl.col("local_date") > pl.lit(as_of - timedelta(days=fb_w))
         hist = history.group_by("terminal_id").agg(
             pl.col("n_txn").filter(recent).sum().cast(pl.Float64).truediv(7.0).alias("n_txn_7d"),
             pl.col("cap_amount")
@@ -402,6 +468,7 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
             pl.col("n_txn").sum().cast(pl.Float64).truediv(30.0).alias("n_txn_30d"),
             pl.len().cast(pl.Int64).alias("days_seen_30d"),
             *[pl.col(c).filter(window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in sums],
+            *[pl.col(c).filter(fb_window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in fb_sums],
         )
     out = day.join(hist, on="terminal_id", how="left")
     has = pl.col("days_seen_30d").fill_null(0) > 0
@@ -418,8 +485,8 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
         .otherwise(0.0)
         .alias("cap_amount_vs_7d"),
         pl.col("days_seen_30d").fill_null(0),
-        *[(pl.col(c) + pl.col(f"_h_{c}").fill_null(0)).alias(f"{c}_w") for c in sums],
-    ).drop([f"_h_{c}" for c in sums])
+        *[(pl.col(c) + pl.col(f"_h_{c}").fill_null(0)).alias(f"{c}_w") for c in sums + fb_sums],
+    ).drop([f"_h_{c}" for c in sums + fb_sums])
 
 
 def _flags_as_table(flags: pl.DataFrame) -> pl.DataFrame:
@@ -535,6 +602,19 @@ def _leakage(con, as_of: date, config: dict[str, Any]) -> tuple[pl.DataFrame, pl
     return det.select(DETECTION_SCHEMA.names()).cast(dict(DETECTION_SCHEMA)), at_risk
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB (Linux ``/proc``; else peak only)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024, peak
+    except OSError:
+        pass
+    return peak, peak
+
+
 def _run_one(
     settings,
     as_of: date,
@@ -566,9 +646,19 @@ def _run_one(
         )
     try:
         timings: dict[str, float] = {}
+        # Resident memory (current, MiB) after each step and the process's peak so far.
+        rss: dict[str, float] = {}
+
+        def mark(step: str) -> None:
+            rss[f"rss_{step}_mib"], rss["peak_rss_mib"] = _rss_mib()
+
         t = time.perf_counter()
-        txns = read_day_transactions(con, as_of, int(config["cash_out"]["refund_lookback_days"]))
+        n_day = con.execute(
+            "SELECT count(*) FROM transactions WHERE local_date = ?", [as_of]
+        ).fetchall()[0][0]
+        parts = max(1, -(-int(n_day) // PARTITION_ROWS))
         registry = read_registry(con, as_of)
+        telemetry = read_telemetry(con, as_of, registry, config)
         implausible = read_implausible(con, as_of, config)
         history = read_history(con, as_of)
         if memory is not None and memory.terminal_day:
@@ -580,22 +670,50 @@ def _run_one(
                 [history.filter(~pl.col("local_date").is_in(mem["local_date"].unique())), mem]
             )
         timings["read_s"] = time.perf_counter() - t
+        mark("inputs")
 
-        t = time.perf_counter()
+        # Per-terminal step, one terminal partition at a time (one partition up to
+        # PARTITION_ROWS transactions): memory follows the partition, not the day.
         pol = policy_frame(policies, config["default_policy"])
-        day, detections = detect_partition(txns, registry, pol, config, implausible, history)
-        timings["per_terminal_s"] = time.perf_counter() - t
+        lookback = int(config["cash_out"]["refund_lookback_days"])
+        timings["per_terminal_s"] = 0.0
+        days, dets, file_ids, n_txns = [], [], set(), 0
+        for part in range(parts):
+            t = time.perf_counter()
+            txns = read_day_transactions(
+                con, as_of, lookback, (part, parts) if parts > 1 else None
+            )
+            timings["read_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            hist = history
+            if parts > 1:
+                hist = history.filter(pl.col("terminal_id").is_in(txns.get_column("terminal_id")))
+            part_day, part_det = detect_partition(
+                txns, registry, pol, config, implausible, hist, telemetry
+            )
+            days.append(part_day)
+            dets.append(part_det)
+            n_txns += txns.height
+            file_ids.update(txns.get_column("file_id").unique().to_list())
+            del txns, hist
+            timings["per_terminal_s"] += time.perf_counter() - t
+        day = days[0] if parts == 1 else pl.concat(days).sort("terminal_id", "local_date")
+        detections = dets[0] if parts == 1 else pl.concat(dets)
+        del days, dets
+        mark("per_terminal")
 
         t = time.perf_counter()
         day = with_peer_features(day.lazy(), int(config["anomaly"]["min_peers"])).collect()
         view = anomaly_view(day, config)
         detections = anomaly_detections(detections, view, day, config)
         timings["peers_anomaly_s"] = time.perf_counter() - t
+        mark("peers_anomaly")
 
         t = time.perf_counter()
         leak_det, at_risk = _leakage(con, as_of, config)
         detections = pl.concat([detections, leak_det]).sort("terminal_id", "behaviour")
         timings["leakage_s"] = time.perf_counter() - t
+        mark("leakage")
 
         t = time.perf_counter()
         gap = int(config["episodes"]["gap_days"])
@@ -620,11 +738,13 @@ def _run_one(
         flags_table = _flags_as_table(touched)
         at_risk_rows = _at_risk_rows(at_risk, touched, run_id)
         timings["episodes_s"] = time.perf_counter() - t
+        mark("episodes")
 
         if persist:
             t = time.perf_counter()
             _write(con, as_of, day, flags_table, at_risk_rows, run_id)
             timings["write_s"] = time.perf_counter() - t
+            mark("write")
         elif memory is not None:
             memory.terminal_day.append(day.select("terminal_id", "local_date", *HISTORY_COLUMNS))
             prev = (
@@ -637,7 +757,8 @@ def _run_one(
             )
 
         counts: dict[str, Any] = {
-            "transactions": txns.height,
+            "transactions": n_txns,
+            "partitions": parts,
             "terminals": day.height,
             "registry_rows": registry.height,
             "implausible": implausible.height,
@@ -649,13 +770,12 @@ def _run_one(
                 detections.group_by("behaviour").len().sort("behaviour").iter_rows()
             ),
             **{k: round(v, 3) for k, v in timings.items()},
+            **{k: round(v) for k, v in rss.items()},
         }
         duration = time.perf_counter() - t0
         counts["duration_s"] = round(duration, 3)
         if persist:
-            inputs = (
-                sorted(set(txns.get_column("file_id").unique().to_list())) if txns.height else []
-            )
+            inputs = sorted(file_ids)
             _record_run(
                 con,
                 run_id,

@@ -155,8 +155,9 @@ def test_farther_relocation_scores_higher():
 
 def test_threshold_comes_from_config():
     cfg = load_config()
-    cfg["fallback_abuse"] = {**cfg["fallback_abuse"], "rate": 0.9}
     t = F.txns(20, entry_mode=["80", "05", "01", "05"] * 5)
+    assert "fallback_abuse" in behaviours(run(t, config=cfg))
+    cfg["fallback_abuse"] = {**cfg["fallback_abuse"], "rate": 0.9, "min_txns_window": 1000}
     assert "fallback_abuse" not in behaviours(run(t, config=cfg))
 
 
