@@ -180,14 +180,26 @@ def _measure(db: str, day: str) -> None:
     """Child process: one timed run, printed as JSON (time, peak RSS, counts)."""
     import resource
 
-    from pipelines.detect import run_detection
+    from pipelines.detect import run_detection, run_workers
     from pipelines.settings import Settings
 
     t0, c0 = time.perf_counter(), time.process_time()
     res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    out = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "counts": res.counts}
+    # Worker processes of the per-terminal step (pipelines.detect.run_workers): their CPU
+    # time, and the largest peak of one of them (the peaks of the main process and of
+    # the workers need not coincide: their sum bounds the run's peak from above).
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {
+        "wall_s": wall,
+        "cpu_s": cpu + kids.ru_utime + kids.ru_stime,
+        "workers_cpu_s": kids.ru_utime + kids.ru_stime,
+        "peak_rss_mib": rss,
+        "worker_peak_rss_mib": kids.ru_maxrss / 1024,
+        "workers": run_workers(),
+        "counts": res.counts,
+    }
     print(json.dumps(out, default=str))
 
 
@@ -236,13 +248,19 @@ def run(args: argparse.Namespace, settings) -> int:
         "wall_s": round(one["wall_s"], 2),
         "cpu_s": round(one["cpu_s"], 2),
         "peak_rss_mib": round(one["peak_rss_mib"]),
+        "worker_peak_rss_mib": round(one["worker_peak_rss_mib"]),
+        "workers": one["workers"],
+        "workers_cpu_s": round(one["workers_cpu_s"], 2),
+        "rss_mib": {k: v for k, v in one["counts"].items() if k.endswith("_mib")},
         "rows_per_s": round(n / one["wall_s"]),
         "stages_s": stages,
     }
     print(
         f"one day: {n:,} transactions over {terminals:,} terminals: "
-        f"{one['wall_s']:.1f} s ({one['cpu_s']:.1f} s CPU), "
-        f"peak RSS {one['peak_rss_mib']:.0f} MiB"
+        f"{one['wall_s']:.1f} s ({one['cpu_s']:.1f} s CPU, of which "
+        f"{one['workers_cpu_s']:.1f} s in {one['workers']} worker processes), "
+        f"peak RSS {one['peak_rss_mib']:.0f} MiB (+ {one['worker_peak_rss_mib']:.0f} MiB "
+        "per worker at most), load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     print("  " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in stages.items()))
     if not args.skip_history:

@@ -22,12 +22,17 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import resource
 import sys
+import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -75,9 +80,10 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 #: Lines either side of an implausibly-timed row searched for a neighbour of the run date.
 NEIGHBOUR_LINES = 20
 #: Largest number of a day's transactions handled by one call of :func:`detect_partition`:
-#: bigger days are read and processed in terminal partitions of about this size, so
-#: the per-terminal step's memory does not grow with the day's volume.
-PARTITION_ROWS = 1_000_000
+#: bigger days are read once, spilled in terminal partitions of about this size and
+#: processed by :func:`run_workers` processes, so the per-terminal step's memory does
+#: not grow with the day's volume (a worker peaks at about 1 GiB on 500 000 rows).
+PARTITION_ROWS = 500_000
 
 
 @dataclass
@@ -161,11 +167,21 @@ def read_day_transactions(
                 f"partition {partition!r} is not (index, count) with 0 <= index < count; "
                 "give e.g. (0, 4)"
             )
-        part = f" AND hash(terminal_id) % {n} = {i}"
-    return _frame(
-        con,
-        f"""
-        WITH day AS (SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?{part}),
+        part = f" AND {_partition_sql(n)} = {i}"
+    return _frame(con, _day_sql(part), [as_of, as_of - timedelta(days=lookback_days), as_of])
+
+
+def _partition_sql(parts: int) -> str:
+    """SQL of a transaction's terminal partition (0 .. ``parts - 1``), a hash of ``terminal_id``."""
+    return f"hash(terminal_id) % {int(parts)}"
+
+
+def _day_sql(where: str = "") -> str:
+    """The day's transactions with the refund lookup; params: day, lookback start, day."""
+    return f"""
+        WITH day AS NOT MATERIALIZED (
+            SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?{where}
+        ),
         orig AS (
             SELECT txn_id, terminal_id, card_token, amount_minor FROM transactions
             WHERE local_date BETWEEN ? AND ?
@@ -176,9 +192,50 @@ def read_day_transactions(
                orig.card_token AS orig_card_token,
                orig.amount_minor AS orig_amount_minor
         FROM day LEFT JOIN orig ON orig.txn_id = day.original_txn_id
-        """,
-        [as_of, as_of - timedelta(days=lookback_days), as_of],
-    )
+        """
+
+
+def spill_day_transactions(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    folder: Path,
+    parts: int,
+    lookback_days: int = 90,
+    batch_rows: int = 500_000,
+) -> list[Path]:
+    """Write the day's transactions (as :func:`read_day_transactions`) split in terminal partitions.
+
+    One scan of the day, streamed in batches of ``batch_rows`` rows; each batch is
+    split by a hash of ``terminal_id`` and its pieces written as Arrow IPC files,
+    one sub-folder per partition. So a big day is read once, memory holds one
+    batch at a time, and each partition can then be loaded on its own
+    (:func:`load_spilled`), by this process or a worker. Every row of a terminal
+    is in the same partition. Returns the ``parts`` folders (the folder of an
+    empty partition has no file). The caller removes ``folder``.
+    """
+    if int(parts) < 1:
+        raise ValueError(f"parts={parts!r}: expected a count of partitions >= 1, e.g. 4")
+    folders = [Path(folder) / f"part-{i:04d}" for i in range(int(parts))]
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+    rel = con.sql(_day_sql(), params=[as_of, as_of - timedelta(days=lookback_days), as_of])
+    for j, batch in enumerate(rel.to_arrow_reader(int(batch_rows))):
+        frame = pl.from_arrow(batch)
+        if frame.height == 0:
+            continue
+        pieces = frame.with_columns(
+            (pl.col("terminal_id").hash() % int(parts)).alias("_tg_part")
+        ).partition_by("_tg_part", as_dict=True, include_key=False)
+        for (i,), piece in pieces.items():
+            piece.write_ipc(folders[int(i)] / f"{j:06d}.arrow", compression="lz4")
+        del frame, pieces
+    return folders
+
+
+def load_spilled(path: Path) -> pl.DataFrame | None:
+    """One partition written by :func:`spill_day_transactions` (``None`` if it has no rows)."""
+    files = sorted(Path(path).glob("*.arrow"))
+    return pl.read_ipc(files) if files else None
 
 
 def read_telemetry(
@@ -615,6 +672,129 @@ def _rss_mib() -> tuple[float, float]:
     return peak, peak
 
 
+def run_workers() -> int:
+    """Processes for the per-terminal partitions: ``TRIALGUARD_RUN_WORKERS``, default 1.
+
+    With 1 the partitions of a big day are processed one after another in this
+    process (polars still uses every core inside each). More workers run
+    partitions in a spawn process pool; that is opt-in until it is measured on
+    a quiet machine (docs/detection.md, "Speed").
+    """
+    text = os.environ.get("TRIALGUARD_RUN_WORKERS", "").strip()
+    if not text:
+        return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"TRIALGUARD_RUN_WORKERS={text!r} is not a count of processes; "
+            "give an integer >= 1 (1 = no worker processes, the default)"
+        )
+    return n
+
+
+def _detect_frame(
+    txns: pl.DataFrame,
+    registry: pl.DataFrame,
+    pol: pl.DataFrame,
+    config: dict[str, Any],
+    implausible: pl.DataFrame,
+    history: pl.DataFrame,
+    telemetry: pl.DataFrame | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
+    """:func:`detect_partition` plus the row count and the file ids of the input."""
+    day, det = detect_partition(txns, registry, pol, config, implausible, history, telemetry)
+    return day, det, txns.height, set(txns.get_column("file_id").unique().to_list())
+
+
+def _detect_spilled(
+    path: Path,
+    registry: pl.DataFrame,
+    pol: pl.DataFrame,
+    config: dict[str, Any],
+    implausible: pl.DataFrame,
+    history: pl.DataFrame,
+    telemetry: pl.DataFrame | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
+    """One spilled partition through :func:`detect_partition` (runs in a worker process)."""
+    return _detect_frame(
+        load_spilled(path), registry, pol, config, implausible, history, telemetry
+    )
+
+
+def _only(df: pl.DataFrame | None, terminals: pl.Series) -> pl.DataFrame | None:
+    """Rows of ``df`` about the given terminals (``None`` / frames without terminal_id kept)."""
+    if df is None or "terminal_id" not in df.columns:
+        return df
+    return df.filter(pl.col("terminal_id").is_in(terminals))
+
+
+def _spill_dir(settings) -> str | None:
+    """Folder for the spilled partitions: beside the store (same protection), else the temp dir."""
+    db = getattr(settings, "db_path", None)
+    if db is None or str(db) == ":memory:":
+        return None
+    parent = Path(db).resolve().parent
+    return str(parent) if parent.is_dir() else None
+
+
+def _detect_partitioned(
+    con: duckdb.DuckDBPyConnection,
+    settings,
+    as_of: date,
+    parts: int,
+    lookback: int,
+    inputs: tuple,
+    timings: dict[str, float],
+) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
+    """The per-terminal step of a big day: one read, ``parts`` partitions, worker processes."""
+    registry, pol, config, implausible, history, telemetry = inputs
+    with tempfile.TemporaryDirectory(prefix=".tg-run-", dir=_spill_dir(settings)) as tmp:
+        t = time.perf_counter()
+        paths = spill_day_transactions(con, as_of, Path(tmp) / "day", parts, lookback)
+        paths = [p for p in paths if any(p.glob("*.arrow"))]  # skip empty partitions
+        timings["read_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+
+        def args(path: Path) -> tuple:
+            ids = (
+                pl.read_ipc(sorted(path.glob("*.arrow")), columns=["terminal_id"])
+                .get_column("terminal_id")
+                .unique()
+            )
+            return (
+                path,
+                _only(registry, ids),
+                pol,
+                config,
+                _only(implausible, ids),
+                _only(history, ids),
+                _only(telemetry, ids),
+            )
+
+        workers = min(run_workers(), len(paths))
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_detect_spilled, *args(p)) for p in paths]
+                results = [f.result() for f in futures]
+        else:
+            results = [_detect_spilled(*args(p)) for p in paths]
+        timings["per_terminal_s"] = time.perf_counter() - t
+    if not results:
+        raise RuntimeError(
+            f"{as_of}: the day's transactions were counted but none was read back from the "
+            "spilled partitions; check the free space of the store's folder and run again"
+        )
+    day = pl.concat([r[0] for r in results]).sort("terminal_id", "local_date")
+    detections = pl.concat([r[1] for r in results])
+    n_txns = sum(r[2] for r in results)
+    file_ids: set[str] = set().union(*(r[3] for r in results))
+    return day, detections, n_txns, file_ids
+
+
 def _run_one(
     settings,
     as_of: date,
@@ -672,34 +852,32 @@ def _run_one(
         timings["read_s"] = time.perf_counter() - t
         mark("inputs")
 
-        # Per-terminal step, one terminal partition at a time (one partition up to
-        # PARTITION_ROWS transactions): memory follows the partition, not the day.
+        # Per-terminal step. A big day is read once, split in terminal partitions of
+        # about PARTITION_ROWS transactions (spilled next to the store), and the
+        # partitions are processed by up to run_workers() processes: memory follows
+        # the partition, not the day.
         pol = policy_frame(policies, config["default_policy"])
         lookback = int(config["cash_out"]["refund_lookback_days"])
-        timings["per_terminal_s"] = 0.0
-        days, dets, file_ids, n_txns = [], [], set(), 0
-        for part in range(parts):
+        if parts == 1:
             t = time.perf_counter()
-            txns = read_day_transactions(
-                con, as_of, lookback, (part, parts) if parts > 1 else None
-            )
+            txns = read_day_transactions(con, as_of, lookback)
             timings["read_s"] += time.perf_counter() - t
             t = time.perf_counter()
-            hist = history
-            if parts > 1:
-                hist = history.filter(pl.col("terminal_id").is_in(txns.get_column("terminal_id")))
-            part_day, part_det = detect_partition(
-                txns, registry, pol, config, implausible, hist, telemetry
+            day, detections, n_txns, file_ids = _detect_frame(
+                txns, registry, pol, config, implausible, history, telemetry
             )
-            days.append(part_day)
-            dets.append(part_det)
-            n_txns += txns.height
-            file_ids.update(txns.get_column("file_id").unique().to_list())
-            del txns, hist
-            timings["per_terminal_s"] += time.perf_counter() - t
-        day = days[0] if parts == 1 else pl.concat(days).sort("terminal_id", "local_date")
-        detections = dets[0] if parts == 1 else pl.concat(dets)
-        del days, dets
+            del txns
+            timings["per_terminal_s"] = time.perf_counter() - t
+        else:
+            day, detections, n_txns, file_ids = _detect_partitioned(
+                con,
+                settings,
+                as_of,
+                parts,
+                lookback,
+                (registry, pol, config, implausible, history, telemetry),
+                timings,
+            )
         mark("per_terminal")
 
         t = time.perf_counter()
@@ -882,7 +1060,12 @@ def run_range(
         con = connect(settings.db_path, read_only=not persist)
     memory = None if persist else _Memory()
     results = []
+    previous_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     try:
+        # DuckDB keeps the blocks it scanned cached up to its limit (80% of RAM by
+        # default): a 10 M-row day alone grew it by ~2 GiB (issue 4). Beyond the
+        # run's limit it evicts them, or spills work to its temp directory.
+        con.execute(f"SET memory_limit = '{run_memory_limit()}'")
         n = (end - start).days + 1
         for i in range(n):
             day = start + timedelta(days=i)
@@ -903,7 +1086,19 @@ def run_range(
     finally:
         if own:
             con.close()
+        else:
+            con.execute(f"SET memory_limit = '{previous_limit}'")
     return results
+
+
+def run_memory_limit() -> str:
+    """DuckDB ``memory_limit`` during ``trialguard run``: ``TRIALGUARD_RUN_MEMORY_LIMIT`` or 1GB."""
+    text = os.environ.get("TRIALGUARD_RUN_MEMORY_LIMIT", "").strip() or "1GB"
+    if not text[:1].isdigit() or "'" in text:
+        raise ValueError(
+            f"TRIALGUARD_RUN_MEMORY_LIMIT={text!r} is not a size; give e.g. 1GB or 1536MB"
+        )
+    return text
 
 
 # ---------------------------------------------------------------------------

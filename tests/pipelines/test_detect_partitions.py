@@ -41,10 +41,43 @@ def test_partitioned_reads_cover_every_row_once(tmp_path):
     assert got.equals(whole.sort("txn_id"))
 
 
+def test_spilled_partitions_cover_every_row_once(tmp_path):
+    store = T.build_store(tmp_path / "s.duckdb")
+    con = connect(store.db_path, read_only=True)
+    try:
+        whole = detect.read_day_transactions(con, T.F.DAY)
+        # small batches: a partition is made of pieces of several batches
+        folders = detect.spill_day_transactions(con, T.F.DAY, tmp_path / "spill", 4, batch_rows=64)
+        with pytest.raises(ValueError, match="count of partitions"):
+            detect.spill_day_transactions(con, T.F.DAY, tmp_path / "bad", 0)
+    finally:
+        con.close()
+    assert len(folders) == 4
+    parts = [detect.load_spilled(f) for f in folders]
+    parts = [p for p in parts if p is not None]
+    assert len(parts) > 1
+    assert max(len(list(f.glob("*.arrow"))) for f in folders) > 1
+    ids = pl.concat([p.select("terminal_id").unique() for p in parts])
+    assert ids["terminal_id"].is_unique().all()
+    got = pl.concat(parts).sort("txn_id")
+    assert got.equals(whole.sort("txn_id"))
+
+
+def test_run_workers_setting(monkeypatch):
+    monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "3")
+    assert detect.run_workers() == 3
+    monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "0")
+    with pytest.raises(ValueError, match="TRIALGUARD_RUN_WORKERS='0'"):
+        detect.run_workers()
+    monkeypatch.delenv("TRIALGUARD_RUN_WORKERS")
+    assert detect.run_workers() == 1  # the process pool is opt-in
+
+
 def test_partitioned_run_equals_one_pass(tmp_path, monkeypatch):
     store = T.build_store(tmp_path / "s.duckdb")
     one = detect.run_range(store, T.F.DAY, T.DAY2, persist=False)
     monkeypatch.setattr(detect, "PARTITION_ROWS", 50)  # 360 rows a day -> 8 partitions
+    monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "2")  # spilled, two worker processes
     many = detect.run_range(store, T.F.DAY, T.DAY2, persist=False)
     for a, b in zip(one, many, strict=True):
         assert a.counts["partitions"] == 1 and b.counts["partitions"] == 8
