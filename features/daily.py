@@ -202,6 +202,95 @@ def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     return out.with_columns(pl.col("sequential_card").fill_null(False)).drop("_seq_row")
 
 
+def incrementing_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
+    """Mark rows whose card is in a run of same-BIN cards whose last4 rise in order of use.
+
+    Domain §1 #7: "sequential PANs: same BIN with consecutive or *incrementing*
+    last-4". A rig that enumerates a PAN range tries the cards in number order;
+    the Luhn check digit (the last digit) makes the last4 steps uneven, so the
+    constant-step test of :func:`sequential_cards` misses it. Here the terminal's
+    same-BIN cards of a day are taken in order of first use; a run is a chain of
+    consecutive cards each with a last4 above the previous one by 1 to
+    ``max_last4_step`` and first used within ``window_s`` of it. Rows of cards in
+    runs of at least ``min_incrementing_run`` cards get ``incrementing_card``.
+
+    Rows must be sorted by terminal (as :func:`terminal_day` gets them).
+    """
+    keys = ["_term", "local_date", "card_bin"]
+    lf = lf.with_row_index("_inc_row")
+    rows = lf.select(
+        "_inc_row",
+        pl.col("terminal_id").rle_id().alias("_term"),
+        "local_date",
+        "card_bin",
+        "card_last4",
+        "txn_time",
+        pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"),
+    ).filter(
+        pl.col("card_bin").is_not_null()
+        & pl.col("l4").is_not_null()
+        & pl.col("txn_time").is_not_null()
+    )
+    # One row per card (its first use), in order of first use within (terminal, day, BIN).
+    cards = (
+        rows.group_by(*keys, "card_last4")
+        .agg(pl.col("l4").first(), pl.col("txn_time").min().alias("first_t"))
+        .sort(*keys, "first_t", "l4")
+    )
+    same = _same_as_row_above(keys, 1)
+    step = pl.col("l4") - pl.col("l4").shift(1)
+    dt = pl.col("first_t").dt.epoch("s") - pl.col("first_t").dt.epoch("s").shift(1)
+    linked = (
+        same & (step >= 1) & (step <= int(cfg["max_last4_step"])) & (dt <= int(cfg["window_s"]))
+    ).fill_null(False)
+    run = (~linked).cum_sum()
+    in_run = (
+        cards.with_columns(run.alias("_run"))
+        .filter(pl.len().over("_run") >= int(cfg["min_incrementing_run"]))
+        .select(*keys, "card_last4")
+    )
+    hits = rows.join(in_run, on=[*keys, "card_last4"], how="semi").select(
+        "_inc_row", pl.lit(True).alias("incrementing_card")
+    )
+    out = lf.join(hits, on="_inc_row", how="left", maintain_order="left")
+    return out.with_columns(pl.col("incrementing_card").fill_null(False)).drop("_inc_row")
+
+
+def round_splits(lf: pl.LazyFrame, window_s: int, round_minor: int) -> pl.LazyFrame:
+    """Mark approved sales of one card that together make a round figure (a split sale).
+
+    Domain §1 #5: "Split transactions (拆单): same card, same terminal, short
+    interval, summing to a round figure". A card's approved cap-counting sales
+    of the day form a session while each follows the previous one within
+    ``window_s``; a session of at least two sales whose total is a multiple of
+    ``round_minor`` while not every sale is itself round (round pieces are the
+    round-amount indicator already) is a round split. Adds ``round_split`` (row
+    in such a session) and ``round_split_start`` (its first row: one per session).
+
+    Rows must be sorted by (terminal_id, txn_time), as :func:`terminal_day` gets them.
+    """
+    keys = ["terminal_id", "local_date", "card_token", "cap_txn"]
+    eligible = (
+        pl.col("cap_txn") & pl.col("card_token").is_not_null() & pl.col("txn_time").is_not_null()
+    )
+    gap = (pl.col("txn_time") - pl.col("txn_time").shift(1).over(keys)).dt.total_seconds()
+    lf = lf.with_columns(
+        (gap > window_s).fill_null(True).cum_sum().over(keys).alias("_rs_session")
+    )
+    session = [*keys, "_rs_session"]
+    amount = pl.col("amount_minor")
+    split = (
+        eligible
+        & (pl.len().over(session) >= 2)
+        & (amount.sum().over(session) % round_minor == 0)
+        & ~(amount % round_minor == 0).all().over(session)
+    ).fill_null(False)
+    first = pl.int_range(pl.len()).over(session) == 0
+    return lf.with_columns(
+        split.alias("round_split"), (split & first).alias("round_split_start")
+    ).drop("_rs_session")
+
+
 def daily_cap_breaches(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Add the rows at which a daily cap is exceeded (cumulative within the terminal-day).
 
@@ -272,6 +361,7 @@ def evidence_flags(technical_codes: list[str]) -> list[pl.Expr]:
             )
             | pl.col("just_under_cap")
             | pl.col("same_card_burst")
+            | pl.col("round_split")
             | pl.col("refund_unmatched")
         ).alias("ev_cash_out"),
         (pl.col("testing_window") | pl.col("sequential_card")).alias("ev_card_testing"),
@@ -494,10 +584,20 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     """
     lf = card_testing_windows(enriched, config["card_testing"])
     lf = sequential_cards(lf, config["card_testing"])
+    # Both forms of domain §1 #7's "sequential PANs" (constant step, incrementing
+    # in order of use) are one signal: ``sequential_card`` / ``n_sequential_cards``.
+    lf = incrementing_cards(lf, config["card_testing"]).with_columns(
+        (pl.col("sequential_card") | pl.col("incrementing_card")).alias("sequential_card")
+    )
     # The joins above keep the row order of ``enriched``, which
     # enrich_transactions sorts by (terminal_id, txn_time, txn_id): cumulative
     # caps need that time order, so no second sort of the wide rows is needed.
     lf = daily_cap_breaches(lf)
+    lf = round_splits(
+        lf,
+        int(config["cash_out"]["same_card_window_s"]),
+        int(config["general"]["round_amount_minor"]),
+    )
     technical = list(config["decline_families"]["technical"])
     lf = lf.with_columns(evidence_flags(technical))
     attrs = [
@@ -513,5 +613,11 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
     ]
     details = [e for e in _detail_expressions() if e.meta.output_name() != "registered_mcc"]
     return lf.group_by("terminal_id", "local_date").agg(
-        *attrs, *aggregate_expressions(), *device_expressions(), *details, *evidence
+        *attrs,
+        *aggregate_expressions(),
+        *device_expressions(),
+        # Not stored in terminal_day either: split sales summing to a round figure.
+        _count("round_split_start").alias("n_round_splits"),
+        *details,
+        *evidence,
     )

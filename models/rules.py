@@ -306,7 +306,11 @@ def mcc_mismatch_checks(cfg: dict[str, Any]) -> list[Check]:
 
 
 def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
-    """Cash-out indicators (domain §1 #5, #10, #12); they fire together, see :func:`detect`."""
+    """Cash-out indicators (domain §1 #5, #10, #12); they fire together, see :func:`detect`.
+
+    ``round_split`` reads ``n_round_splits`` (:func:`features.daily.round_splits`);
+    a frame without it counts none.
+    """
     c = cfg["cash_out"]
     enough = pl.col("n_cap") >= int(c["min_txns"])
     return [
@@ -363,6 +367,20 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("n_same_card_bursts").cast(pl.Float64),
             _f(1),
+            fires=False,
+        ),
+        Check(
+            "round_split",
+            pl.col("n_round_splits") >= int(c["min_round_splits"]),
+            count_score(pl.col("n_round_splits")),
+            pl.format(
+                "{} times one card paid in several non-round sales within {} min of each "
+                "other that add up to a round figure (split sale)",
+                pl.col("n_round_splits"),
+                pl.lit(int(c["same_card_window_s"]) // 60),
+            ),
+            pl.col("n_round_splits").cast(pl.Float64),
+            _f(c["min_round_splits"]),
             fires=False,
         ),
         Check(
@@ -456,10 +474,13 @@ def card_testing_checks(cfg: dict[str, Any]) -> list[Check]:
             pl.col("n_sequential_cards") >= int(c["min_sequential_cards"]),
             exceed_score(pl.col("n_sequential_cards"), _f(c["min_sequential_cards"])),
             pl.format(
-                "{} cards of one BIN with last-4 digits in a fixed step (<= {}) within {} min",
+                "{} cards of one BIN in sequence within {} min: last-4 digits in a fixed step "
+                "(<= {}) or rising by 1 to {} in order of use, >= {} in a run",
                 pl.col("n_sequential_cards"),
-                pl.lit(int(c["max_last4_gap"])),
                 pl.lit(int(c["window_s"]) // 60),
+                pl.lit(int(c["max_last4_gap"])),
+                pl.lit(int(c["max_last4_step"])),
+                pl.lit(int(c["min_incrementing_run"])),
             ),
             pl.col("n_sequential_cards").cast(pl.Float64),
             _f(c["min_sequential_cards"]),
@@ -769,6 +790,7 @@ MALFUNCTION_SYMPTOMS: tuple[str, ...] = (
 #: STAN counters (``features.daily.device_expressions``) and telemetry
 #: (``features.events``).
 OPTIONAL_COUNTS: tuple[str, ...] = (
+    "n_round_splits",
     "n_located_own",
     "n_outside_geofence_own",
     "n_stan_returns",
