@@ -127,6 +127,22 @@ def _same_as_row_above(keys: list[str], k: int) -> pl.Expr:
     )
 
 
+def _card_rows(lf: pl.LazyFrame, row: str) -> pl.LazyFrame:
+    """The narrow card columns of each row, with ``row`` (its index) and ``l4`` (last 4 as int).
+
+    ``_term`` is terminal_id's rank among the (sorted) rows: a cheap integer sort key.
+    """
+    return lf.select(
+        row,
+        pl.col("terminal_id").rle_id().alias("_term"),
+        "local_date",
+        "card_bin",
+        "card_last4",
+        "txn_time",
+        pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"),
+    )
+
+
 def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     """Mark rows whose card is in a run of 3 same-BIN cards with a constant small last4 step.
 
@@ -142,16 +158,7 @@ def sequential_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     keys = ["_term", "local_date", "card_bin"]
     lf = lf.with_row_index("_seq_row")
     rows = (
-        lf.select(
-            "_seq_row",
-            # terminal_id's rank among the (sorted) rows: a cheap integer sort key
-            pl.col("terminal_id").rle_id().alias("_term"),
-            "local_date",
-            "card_bin",
-            "card_last4",
-            "txn_time",
-            pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"),
-        )
+        _card_rows(lf, "_seq_row")
         .filter(pl.col("card_bin").is_not_null() & pl.col("card_last4").is_not_null())
         .sort(
             "_term",
@@ -218,15 +225,7 @@ def incrementing_cards(lf: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     """
     keys = ["_term", "local_date", "card_bin"]
     lf = lf.with_row_index("_inc_row")
-    rows = lf.select(
-        "_inc_row",
-        pl.col("terminal_id").rle_id().alias("_term"),
-        "local_date",
-        "card_bin",
-        "card_last4",
-        "txn_time",
-        pl.col("card_last4").cast(pl.Int64, strict=False).alias("l4"),
-    ).filter(
+    rows = _card_rows(lf, "_inc_row").filter(
         pl.col("card_bin").is_not_null()
         & pl.col("l4").is_not_null()
         & pl.col("txn_time").is_not_null()

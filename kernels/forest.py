@@ -304,7 +304,7 @@ _TILE = 64  # rows descending a tree together (independent loads overlap)
 
 @pjit
 def _score_samples_heap(
-    Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out
+    Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, check_nan, out
 ):
     # Flat arrays and unsigned indices: no negative-index wraparound on the hot path.
     n = out.shape[0]
@@ -326,45 +326,11 @@ def _score_samples_heap(
                     for r in range(m):
                         j = base + nodes[r]
                         x = Xf[np.uint64((lo + r) * n_cols) + np.uint64(feature[j])]
-                        # NaN fails the comparison, so it goes right unless missing_left.
-                        go_left = (x <= threshold[j]) | (np.isnan(x) & missing_left[j])
+                        go_left = x <= threshold[j]
+                        if check_nan:  # loop-invariant: the compiler unswitches it
+                            # NaN fails the comparison: right unless missing_left.
+                            go_left = go_left | (np.isnan(x) & missing_left[j])
                         nodes[r] = nodes[r] + nodes[r] + one + np.uint64(not go_left)
-                leaf = np.uint64(k) * (n_inner + one) - n_inner
-                for r in range(m):
-                    total[r] += leaf_value[leaf + nodes[r]]
-            for r in range(m):
-                if denom != 0.0:
-                    out[lo + r] = -(2.0 ** (-total[r] / denom))
-                else:
-                    out[lo + r] = -0.5
-
-
-@pjit
-def _score_samples_heap_finite(
-    Xf, n_cols, feature, threshold, missing_left, leaf_value, depth, denom, out
-):
-    # _score_samples_heap for an X without NaN (missing_left is never needed).
-    n = out.shape[0]
-    n_trees = feature.shape[0] // ((1 << depth) - 1)
-    n_inner = np.uint64((1 << depth) - 1)
-    n_chunks = (n + _BLOCK - 1) // _BLOCK
-    one = np.uint64(1)
-    for c in prange(n_chunks):
-        nodes = np.zeros(_TILE, dtype=np.uint64)
-        total = np.zeros(_TILE)
-        for lo in range(c * _BLOCK, min(c * _BLOCK + _BLOCK, n), _TILE):
-            m = min(_TILE, n - lo)
-            total[:] = 0.0
-            # Trees are summed in order, as scikit-learn accumulates them, for equal rounding.
-            for k in range(n_trees):
-                base = np.uint64(k) * n_inner
-                nodes[:] = 0
-                for _ in range(depth):
-                    for r in range(m):
-                        j = base + nodes[r]
-                        x = Xf[np.uint64((lo + r) * n_cols) + np.uint64(feature[j])]
-                        # no NaN in X: one comparison decides
-                        nodes[r] = nodes[r] + nodes[r] + one + np.uint64(not x <= threshold[j])
                 leaf = np.uint64(k) * (n_inner + one) - n_inner
                 for r in range(m):
                     total[r] += leaf_value[leaf + nodes[r]]
@@ -406,8 +372,7 @@ def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
     c = float(average_path_length([packed.max_samples])[0])
     denom = (packed.tree_offsets.shape[0] - 1) * c
     if packed.heap_depth:
-        kernel = _score_samples_heap if np.isnan(X).any() else _score_samples_heap_finite
-        kernel(
+        _score_samples_heap(
             X.ravel(),
             X.shape[1],
             packed.heap_feature.ravel(),
@@ -416,6 +381,7 @@ def isolation_forest_score_samples(packed: PackedForest, X) -> np.ndarray:
             packed.heap_leaf_value.ravel(),
             packed.heap_depth,
             denom,
+            bool(np.isnan(X).any()),  # without NaN one comparison decides each node
             out,
         )
         return out
