@@ -23,8 +23,9 @@ from kernels import device_interleaving, same_value_recent, stan_chains
 
 EARTH_RADIUS_KM = 6371.0088
 
-#: Registry columns carried onto each transaction (prefixed ``reg_`` when clashing).
-REGISTRY_COLUMNS: tuple[str, ...] = (
+#: Registry attributes that fall back to the terminal's earliest row when no row is
+#: in force yet (location, MCC, kind, policy, serial).
+REGISTRY_ATTRIBUTES: tuple[str, ...] = (
     "merchant_id",
     "serial_number",
     "registered_mcc",
@@ -33,6 +34,10 @@ REGISTRY_COLUMNS: tuple[str, ...] = (
     "region_code",
     "terminal_kind",
     "policy_id",
+)
+#: Registry columns carried onto each transaction (prefixed ``reg_`` when clashing).
+REGISTRY_COLUMNS: tuple[str, ...] = (
+    *REGISTRY_ATTRIBUTES,
     "activated_at",
     "trial_start",
     "trial_end",
@@ -71,16 +76,7 @@ def registry_in_force(txns: pl.LazyFrame, registry: pl.LazyFrame) -> pl.LazyFram
     the smallest time) form a small candidate table; one as-of join picks the
     candidate of each transaction.
     """
-    static = (
-        "merchant_id",
-        "serial_number",
-        "registered_mcc",
-        "registered_lat",
-        "registered_lon",
-        "region_code",
-        "terminal_kind",
-        "policy_id",
-    )
+    static = REGISTRY_ATTRIBUTES
     time_type = txns.collect_schema()["txn_time"]
     reg = registry.select(
         "terminal_id",
