@@ -19,6 +19,7 @@ For every file, rows read = accepted + quarantined + duplicates.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -704,21 +705,48 @@ def _write_accepted(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: st
     )
 
 
-def _gate(
-    con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str, gate: Any, now: datetime
-) -> bool | None:
-    """Run the Great Expectations gate on (a sample of) the file's accepted rows."""
-    if gate is None:
-        return None
+def _gate_sample(con: duckdb.DuckDBPyConnection, kind: InputKind) -> Any:
+    """The seeded sample of a file's accepted rows that the gate validates (Arrow)."""
     dup = " AND NOT _dup" if TABLES[kind.name][1] else ""
     cols = ", ".join(_ident(c) for c in content_columns(kind))
-    frame = con.sql(
+    return con.sql(
         f"SELECT {cols} FROM (SELECT * FROM {STAGE} WHERE _reason IS NULL{dup}) "
         f"USING SAMPLE reservoir({GATE_SAMPLE_ROWS} ROWS) REPEATABLE (7)"
     ).to_arrow_table()
+
+
+def _start_gate(
+    con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str, gate: Any
+) -> concurrent.futures.Future | None:
+    """Validate (a sample of) the file's accepted rows in a background thread.
+
+    The sample is taken on ``con`` here; the Great Expectations suite then runs in
+    a thread that never touches DuckDB, while the caller writes the accepted rows
+    (DuckDB releases the GIL), so the gate's Python work overlaps the insert.
+    """
+    if gate is None:
+        return None
     import polars as pl
 
-    result = gate.validate(kind.name, pl.from_arrow(frame), file_id)
+    frame = pl.from_arrow(_gate_sample(con, kind))
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trialguard-gate")
+    try:
+        return pool.submit(gate.validate, kind.name, frame, file_id)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _finish_gate(
+    con: duckdb.DuckDBPyConnection,
+    kind: InputKind,
+    file_id: str,
+    pending: concurrent.futures.Future | None,
+    now: datetime,
+) -> bool | None:
+    """Wait for the gate started by :func:`_start_gate` and record its result."""
+    if pending is None:
+        return None
+    result = pending.result()
     con.execute(
         "INSERT INTO gate_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -824,14 +852,19 @@ def _load_table_file(
     result.duplicates = _count(con, f"SELECT count(*) FROM {STAGE} WHERE _dup") if has_key else 0
     result.quarantined = _write_quarantine(con, info, kind.name, now)
     clock.lap("quarantine")
-    result.accepted = _write_accepted(con, kind, info.file_id)
-    _pause_for_tests(info.path.name, "write")
-    dup = " AND NOT _dup" if has_key else ""
-    result.pan_redactions = _count(
-        con, f"SELECT sum(_nred) FROM {STAGE} WHERE _reason IS NULL{dup}"
-    )
-    clock.lap("write")
-    result.gate_success = _gate(con, kind, info.file_id, gate, now)
+    pending = _start_gate(con, kind, info.file_id, gate)
+    try:
+        result.accepted = _write_accepted(con, kind, info.file_id)
+        _pause_for_tests(info.path.name, "write")
+        dup = " AND NOT _dup" if has_key else ""
+        result.pan_redactions = _count(
+            con, f"SELECT sum(_nred) FROM {STAGE} WHERE _reason IS NULL{dup}"
+        )
+        clock.lap("write")  # the gate ran alongside; "gate" is the wait after the write
+    finally:
+        # wait for the gate thread in any case (never leave it running on an error)
+        concurrent.futures.wait([pending] if pending is not None else [])
+    result.gate_success = _finish_gate(con, kind, info.file_id, pending, now)
     clock.lap("gate")
     con.execute(f"DROP TABLE IF EXISTS {STAGE}")
     if not result.balanced:  # pragma: no cover - a bug, never a data problem
@@ -1150,6 +1183,7 @@ def ingest_paths(
                 from pipelines.validation import Gate
 
                 checker = Gate(settings.data_docs_dir)
+                checker.warm_up()  # imports Great Expectations while the first file loads
             results = [ingest_file(con, f, settings, kind, checker, pads) for f in files]
             default = ensure_default_policy(con, settings)
             if default is not None:

@@ -124,12 +124,23 @@ class _Scan:
         if not self.quote and b'"' in chunk:
             self.quote = True
         if not self.blank:
-            window = self.prev_tail + chunk
-            # b"\r" is found with memchr; the two-byte search only runs when needed
-            if b"\n\n" in window or (b"\r" in window and b"\n\r\n" in window):
+            # the chunk itself, then the few bytes across the boundary with the last one
+            # (no copy of the chunk); b"\r" is found with memchr, the CRLF search only
+            # runs when needed
+            seam = self.prev_tail + chunk[:2]
+            if (
+                b"\n\n" in chunk
+                or b"\n\n" in seam
+                or (b"\r" in chunk and b"\n\r\n" in chunk)
+                or b"\n\r\n" in seam
+            ):
                 self.blank = True
-        self.prev_tail = chunk[-2:]
+        self.prev_tail = (self.prev_tail + chunk[-2:])[-2:]  # chunks may be 1 byte long
         if self.utf8_ok:
+            # ASCII is valid UTF-8: ``isascii`` is a fast scan where decoding builds a
+            # str of the whole chunk; it is only valid with no partial character pending
+            if chunk.isascii() and not self.utf8.getstate()[0]:
+                return
             try:
                 self.utf8.decode(chunk)
             except UnicodeDecodeError:

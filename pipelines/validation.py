@@ -23,6 +23,7 @@ Data Docs are rendered by a file context rooted at ``settings.data_docs_dir``
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,40 @@ class Gate:
         self._source = None
         self._kinds: dict[str, tuple[Any, Any]] = {}
         self._result_ids: list[Any] = []
+        self._warm: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
         self.ran = 0
 
+    def warm_up(self) -> None:
+        """Import Great Expectations and open the context in a background thread.
+
+        The import alone costs several seconds of CPU; started when an ingest call
+        begins, it runs while DuckDB reads the first file (DuckDB releases the GIL)
+        instead of after it. Every use of the context waits for it to finish, and an
+        error it met is raised there.
+        """
+        if self._warm is not None or self._context is not None:
+            return
+
+        def work() -> None:
+            try:
+                self._open()
+            except BaseException as exc:  # noqa: BLE001 - raised again by the first real use
+                self._warm_error = exc
+
+        self._warm = threading.Thread(target=work, name="trialguard-gate-warm-up", daemon=True)
+        self._warm.start()
+
     def _ctx(self):
+        if self._warm is not None:
+            self._warm.join()
+            self._warm = None
+            if self._warm_error is not None:
+                error, self._warm_error = self._warm_error, None
+                raise error
+        return self._open()
+
+    def _open(self):
         if self._context is None:
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -144,10 +176,10 @@ class Gate:
     def _prepared(self, kind: str) -> tuple[Any, Any]:
         """The (batch definition, suite) of ``kind``, created on first use in this gate."""
         if kind not in self._kinds:
+            ctx = self._ctx()  # first: waits for the warm-up thread's import
             import great_expectations as gx
             import great_expectations.expectations as gxe
 
-            ctx = self._ctx()
             if self._source is None:
                 self._source = ctx.data_sources.add_or_update_pandas("trialguard")
             try:
@@ -166,12 +198,12 @@ class Gate:
 
     def validate(self, kind: str, frame: pl.DataFrame, file_id: str) -> GateResult:
         """Run the suite of ``kind`` on ``frame`` (a file's accepted rows or a sample)."""
+        batch_definition, suite = self._prepared(kind)  # first: waits for the warm-up
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
             ValidationResultIdentifier,
         )
 
-        batch_definition, suite = self._prepared(kind)
         batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
         result = batch.validate(suite, result_format="SUMMARY")
         run_id = _run_id(file_id)
@@ -229,11 +261,11 @@ class Gate:
         """
         if not self._result_ids:
             return None
+        ctx = self._ctx()
         from great_expectations.data_context.types.resource_identifiers import (
             ExpectationSuiteIdentifier,
         )
 
-        ctx = self._ctx()
         suites = []
         for _, suite in self._kinds.values():
             ctx.suites.add_or_update(suite)

@@ -8,10 +8,11 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from features.schema import INPUT_KINDS, TABLES, TERMINAL_EVENTS, TRANSACTIONS
-from pipelines.ingest import STAGE, _gate, ingest_paths
+from pipelines.ingest import STAGE, _finish_gate, _start_gate, ingest_paths
 from pipelines.settings import Settings
 from pipelines.validation import CARD_COLUMNS, Gate, expectation_specs
 
@@ -91,7 +92,9 @@ def test_gate_passes_good_rows_and_records_a_failure_with_details(tmp_path):
         )
         con.execute(f"UPDATE {STAGE} SET card_last4 = NULL WHERE txn_id = 'T000004'")
         gate = Gate(settings.data_docs_dir)
-        assert _gate(con, TRANSACTIONS, "f" * 64, gate, datetime(2026, 3, 2)) is False
+        gate.warm_up()  # the context opens in a thread; validation waits for it
+        pending = _start_gate(con, TRANSACTIONS, "f" * 64, gate)
+        assert _finish_gate(con, TRANSACTIONS, "f" * 64, pending, datetime(2026, 3, 2)) is False
         assert gate.build_docs() == gate.index_path
         row = con.execute(
             "SELECT suite, success, evaluated, failed, CAST(details AS VARCHAR), docs_path "
@@ -124,3 +127,13 @@ def test_gate_reports_missing_columns_by_name(tmp_path):
     assert not result.success
     (columns,) = [d for d in result.details if d["expectation"].startswith("expect_table_columns")]
     assert "fraud_time" in json.dumps(columns["mismatched"])
+
+
+def test_a_warm_up_failure_is_raised_at_first_use_not_swallowed(tmp_path):
+    blocker = tmp_path / "docs"
+    blocker.write_text("a file where the Data Docs folder should be")
+    gate = Gate(blocker)
+    gate.warm_up()
+    frame = pl.DataFrame({"txn_id": ["T1"]})
+    with pytest.raises(OSError):
+        gate.validate("transactions", frame, "f" * 64)
