@@ -8,17 +8,24 @@ The method is the acquirer specification of the domain reference (§2.1):
    non-fraud transactions count (the fraudulent ones, matched by the report's
    ``txn_id`` or by the same card within minutes of ``fraud_time``, are where the
    fraud *happened*, which is ``fraud_hotspot``, not where the data was stolen).
-3. Per terminal ``t``: ``k_t`` distinct F-cards seen in their windows, ``n_t``
-   distinct cards over the analysis window; base rate ``p`` = F-cards seen in their
-   windows / all active cards.
-4. ``lift = k_t / (n_t p)``, one-sided binomial tail ``P(X >= k_t | n_t, p)``,
-   Benjamini-Hochberg across terminals, ``k_t >= 3`` and a minimum lift. CPPs are
-   selected one at a time and each one's F-cards are "explained away" before the
-   next terminal is judged: a compromised card also shops at its owner's other
-   usual terminals, which would otherwise look like CPPs too (the reference's
-   "suspect set, then ranked").
-5. Compromise period = [first, last] day of F-card visits at ``t``; every other
-   card seen at ``t`` in that period is at risk (tokens only).
+3. Per terminal ``t``, over its compromise period: ``k_t`` distinct F-cards seen in
+   their windows, ``n_t`` distinct cards seen at ``t``, base rate ``p`` = F-cards with
+   an exposure visit anywhere / all cards active anywhere, both over the same days
+   (the patent's "fraction on dates D"). The period is the window between two days
+   on which F-cards visited ``t`` with the smallest binomial tail: a week-long
+   compromise at a busy terminal is then not diluted by a month of normal trading,
+   and F-cards spread evenly over the month give the month (no gain). Terminals
+   with fewer than ``min_cards`` F-cards, which cannot be CPPs, keep the analysis
+   window.
+4. ``lift = k_t / (n_t p)``, one-sided binomial tail ``P(X >= k_t | n_t, p)`` times the
+   number of windows of the terminal's trading days (the search could have picked
+   any of them: Bonferroni), Benjamini-Hochberg across terminals, ``k_t >= 3`` and a
+   minimum lift. CPPs are selected one at a time and each one's F-cards are
+   "explained away" before the next terminal is judged: a compromised card also
+   shops at its owner's other usual terminals, which would otherwise look like CPPs
+   too (the reference's "suspect set, then ranked").
+5. The same period (inside [first, last] day of F-card visits at ``t``) is the
+   compromise period: every other card seen at ``t`` in it is at risk (tokens only).
 
 Everything here is a pure function over polars frames; ``pipelines.leakage``
 does the reading.
@@ -42,6 +49,9 @@ BEHAVIOUR = "card_compromise"
 STATS_SCHEMA = pl.Schema(
     {
         "terminal_id": pl.String(),
+        "period_start": pl.Date(),
+        "period_end": pl.Date(),
+        "n_windows": pl.Int64(),
         "k": pl.Int64(),
         "n": pl.Int64(),
         "base_rate": pl.Float64(),
@@ -49,6 +59,17 @@ STATS_SCHEMA = pl.Schema(
         "p_value": pl.Float64(),
         "q_value": pl.Float64(),
         "flagged": pl.Boolean(),
+    }
+)
+#: Distinct cards per terminal and day by the day of their previous visit there
+#: (``card_visit_days``); ``terminal_id = NETWORK`` counts visits at any terminal.
+NETWORK = "*"
+VISIT_DAYS_SCHEMA = pl.Schema(
+    {
+        "terminal_id": pl.String(),
+        "local_date": pl.Date(),
+        "prev_date": pl.Date(),
+        "n_cards": pl.Int64(),
     }
 )
 PERIODS_SCHEMA = pl.Schema(
@@ -252,6 +273,267 @@ def terminal_card_counts(txns: pl.DataFrame, start: date, end: date) -> tuple[pl
     return per_terminal, int(inside.get_column("card_token").n_unique())
 
 
+def _with_prev_date(card_days: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """``card_days`` (``keys``, ``card_token``, ``local_date``) with each card's previous day.
+
+    Returns ``VISIT_DAYS_SCHEMA`` rows: distinct cards per key, day and previous day.
+    """
+    return (
+        card_days.unique()
+        .sort([*keys, "card_token", "local_date"])
+        .with_columns(pl.col("local_date").shift(1).over([*keys, "card_token"]).alias("prev_date"))
+        .group_by([*keys, "local_date", "prev_date"])
+        .agg(pl.len().cast(pl.Int64).alias("n_cards"))
+    )
+
+
+def visit_day_counts(txns: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
+    """Distinct cards per terminal and day by the day of their previous visit there.
+
+    The reference of what ``pipelines.leakage`` reads from the ``card_visit_days`` table
+    (``VISIT_DAYS_SCHEMA``; ``terminal_id = '*'`` counts visits at any terminal): the
+    distinct cards of a terminal over any ``[a, b]`` inside ``[start, end]`` are the
+    rows of days ``a..b`` whose ``prev_date`` is before ``a`` or null.
+    """
+    inside = txns.filter(pl.col("txn_time").dt.date().is_between(start, end)).select(
+        "terminal_id", "card_token", pl.col("txn_time").dt.date().alias("local_date")
+    )
+    network = inside.select(pl.lit(NETWORK).alias("terminal_id"), "card_token", "local_date")
+    rows = pl.concat([inside, network], how="vertical")
+    return _with_prev_date(rows, ["terminal_id"]).select(VISIT_DAYS_SCHEMA.names())
+
+
+def _day_arrays(rows: pl.DataFrame, start: date) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Day index, previous-day index (-1: none or before ``start``) and counts of ``rows``."""
+    day = (rows.get_column("local_date") - start).dt.total_days().to_numpy()
+    prev = (rows.get_column("prev_date") - start).dt.total_days().fill_null(-1).to_numpy()
+    return day, np.maximum(prev, -1), rows.get_column("n_cards").to_numpy()
+
+
+def _span_counts(rows: pl.DataFrame, start: date, n_days: int) -> np.ndarray:
+    """``N[a, b]``: distinct cards over days ``a..b`` (indices from ``start``) of ``rows``.
+
+    ``rows`` are ``local_date``, ``prev_date``, ``n_cards`` of one terminal (or of the
+    network): a card counts once in ``[a, b]``, on its first day there, the one whose
+    previous visit is before ``a`` (or unknown).
+    """
+    return _span_matrix(*_day_arrays(rows, start), n_days)
+
+
+def _span_matrix(day: np.ndarray, prev: np.ndarray, n: np.ndarray, n_days: int) -> np.ndarray:
+    """:func:`_span_counts` from day-index arrays."""
+    keep = (day >= 0) & (day < n_days)
+    by_prev = np.zeros((n_days, n_days + 1))
+    # column j = prev + 1: a day before the window (or no previous visit) is column 0
+    np.add.at(by_prev, (day[keep], prev[keep] + 1), n[keep])
+    first_in = np.cumsum(by_prev, axis=1)[:, :n_days]  # [d, a]: previous visit before a
+    upto = np.cumsum(first_in, axis=0)  # [b, a]: sum over d <= b
+    # below[a] = sum over d < a of first_in[d, a] = upto[a - 1, a]
+    below = np.concatenate([[0.0], upto[np.arange(n_days - 1), np.arange(1, n_days)]])
+    spans = (upto - below[None, :]).T  # [a, b]
+    return np.where(np.arange(n_days)[None, :] >= np.arange(n_days)[:, None], spans, 0.0)
+
+
+def _visit_rows(visits: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Day rows (``_with_prev_date``) of the distinct cards in ``visits`` per ``keys``."""
+    return _with_prev_date(
+        visits.select(*keys, "card_token", pl.col("txn_time").dt.date().alias("local_date")),
+        keys,
+    )
+
+
+def _scan_periods(
+    visits: pl.DataFrame, visit_days: pl.DataFrame, start: date, n_days: int, min_cards: int
+) -> pl.DataFrame:
+    """Each terminal's compromise period: the window of its F-card visit days that is
+    the least likely under the network's rate over the same days.
+
+    Windows run from one F-card visit day of the terminal to another; in each, ``k`` = F-cards seen there, ``n`` = all cards
+    seen there, ``p`` = network F-cards with an exposure visit in the window / network
+    cards active in it (domain.md §2.1: the fraction on the dates ``D`` the F-cards
+    visited). Only terminals with at least ``min_cards`` F-cards can be CPPs and are
+    scanned. Returns ``terminal_id``, ``n`` (cards seen in the period), ``period_start``,
+    ``period_end`` and ``n_windows``: ``T (T + 1) / 2`` for ``T`` trading days of the
+    terminal, every window the search could have picked (Bonferroni multiplicity).
+    """
+    empty = pl.DataFrame(
+        schema={
+            "terminal_id": pl.String(),
+            "n": pl.Int64(),
+            "period_start": pl.Date(),
+            "period_end": pl.Date(),
+            "n_windows": pl.Int64(),
+        }
+    )
+    fraud_rows = _visit_rows(visits, ["terminal_id"])
+    scanned = (
+        visits.group_by("terminal_id")
+        .agg(pl.col("card_token").n_unique().alias("k"))
+        .filter(pl.col("k") >= min_cards)
+        .get_column("terminal_id")
+    )
+    if scanned.len() == 0:
+        return empty
+    fraud_net = _span_counts(_visit_rows(visits, []), start, n_days)
+    active_net = _span_counts(visit_days.filter(pl.col("terminal_id") == NETWORK), start, n_days)
+    p_net = np.clip(fraud_net / np.maximum(active_net, 1.0), 1e-12, 1.0)
+    groups = {}
+    for name, frame in (("k", fraud_rows), ("n", visit_days)):
+        part = frame.filter(pl.col("terminal_id").is_in(scanned.implode())).sort("terminal_id")
+        ids = part.get_column("terminal_id").to_numpy()
+        arrays = _day_arrays(part, start)
+        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        bounds = zip(np.r_[0, cuts], np.r_[cuts, ids.size], strict=True)
+        groups[name] = {ids[i]: tuple(x[i:j] for x in arrays) for i, j in bounds if j > i}
+    out: list[tuple[str, int, int, int, int]] = []
+    for terminal in scanned.sort().to_list():
+        k_arrays = groups["k"][terminal]
+        k_span = _span_matrix(*k_arrays, n_days)
+        n_span = _span_matrix(*groups["n"].get(terminal, k_arrays), n_days)
+        days = np.unique(k_arrays[0])
+        days = days[(days >= 0) & (days < n_days)]
+        a, b = np.triu_indices(days.size)
+        a, b = days[a], days[b]
+        k = k_span[a, b]
+        n = np.maximum(n_span[a, b], k)
+        tail = binom.sf(k - 1, n, p_net[a, b])
+        # most significant window; ties (underflow) go to more F-cards, then the shorter span
+        best = np.lexsort((b - a, -k, tail))[0]
+        # the windows are placed where the F-cards fell, so any window of the terminal's
+        # trading days could have been chosen: that is the multiplicity paid for
+        trading = np.unique(groups["n"].get(terminal, k_arrays)[0]).size
+        n_windows = max(trading * (trading + 1) // 2, 1)
+        out.append((terminal, int(a[best]), int(b[best]), n_windows, int(n[best])))
+    return pl.DataFrame(
+        out, schema=["terminal_id", "a", "b", "n_windows", "n"], orient="row"
+    ).select(
+        "terminal_id",
+        pl.col("n").cast(pl.Int64),
+        (pl.lit(start) + pl.duration(days="a")).cast(pl.Date).alias("period_start"),
+        (pl.lit(start) + pl.duration(days="b")).cast(pl.Date).alias("period_end"),
+        pl.col("n_windows").cast(pl.Int64),
+    )
+
+
+def _period_index(frame: pl.DataFrame, start: date, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Day indices (from ``start``) of ``frame``'s ``period_start`` and ``period_end``.
+
+    Days before ``start`` (no data there) count as ``start``.
+    """
+    a = (frame.get_column("period_start") - start).dt.total_days().to_numpy()
+    b = (frame.get_column("period_end") - start).dt.total_days().to_numpy()
+    return np.clip(a, 0, n_days - 1), np.clip(b, 0, n_days - 1)
+
+
+def _terminal_tests(
+    visits: pl.DataFrame,
+    frame: pl.DataFrame,
+    removed: pl.DataFrame,
+    explained_days: pl.DataFrame,
+    active_net: np.ndarray,
+    start: date,
+) -> pl.DataFrame:
+    """k_t, n_t, base rate, lift and (scan-adjusted) binomial tail per terminal.
+
+    Everything is counted over the terminal's compromise period: ``k`` = F-cards not yet
+    explained seen at ``t`` then, ``n`` = cards seen at ``t`` then less the explained
+    ones, ``p`` = F-cards not yet explained with an exposure visit anywhere then / cards
+    active anywhere then less the explained ones. The tail is multiplied by the number
+    of windows the period was chosen from (Bonferroni over the scan).
+    """
+    n_days = active_net.shape[0]
+    inside = visits.join(
+        frame.select("terminal_id", "period_start", "period_end"), on="terminal_id"
+    ).filter(pl.col("txn_time").dt.date().is_between(pl.col("period_start"), pl.col("period_end")))
+    per_terminal = inside.group_by("terminal_id").agg(
+        pl.col("card_token").n_unique().cast(pl.Int64).alias("k"),
+        pl.col("txn_id").sort_by("txn_time").head(MAX_EVIDENCE).alias("evidence"),
+    )
+    gone = (
+        removed.join(frame.select("terminal_id", "period_start", "period_end"), on="terminal_id")
+        .filter(pl.col("local_date").is_between(pl.col("period_start"), pl.col("period_end")))
+        .group_by("terminal_id")
+        .agg(pl.col("card_token").n_unique().cast(pl.Int64).alias("gone"))
+    )
+    a, b = _period_index(frame, start, n_days)
+    fraud_left = _span_counts(_visit_rows(visits, []), start, n_days)[a, b]
+    explained = _span_counts(_with_prev_date(explained_days, []), start, n_days)[a, b]
+    active = np.maximum(active_net[a, b] - explained, 0.0)
+    base = np.where(active > 0, np.minimum(fraud_left / np.maximum(active, 1.0), 1.0), 1.0)
+    stats = (
+        frame.with_columns(pl.Series("base_rate", base, dtype=pl.Float64))
+        .join(per_terminal, on="terminal_id", how="left")
+        .join(gone, on="terminal_id", how="left")
+        .with_columns(pl.col("k", "gone").fill_null(0))
+        # a card seen in its window is also counted in n_t; guard against inconsistent inputs
+        .with_columns(pl.max_horizontal(pl.col("n") - pl.col("gone"), "k").alias("n"))
+        .drop("gone")
+        .sort("terminal_id")
+    )
+    tail = binomial_tail(
+        stats["k"].to_numpy(), stats["n"].to_numpy(), stats["base_rate"].to_numpy()
+    )
+    p_values = np.minimum(tail * stats["n_windows"].to_numpy(), 1.0)
+    return stats.with_columns(
+        (pl.col("k") / (pl.col("n") * pl.col("base_rate"))).fill_nan(0.0).alias("lift"),
+        pl.Series("p_value", p_values),
+    )
+
+
+def _explain_away(
+    visits: pl.DataFrame,
+    presence: pl.DataFrame,
+    frame: pl.DataFrame,
+    active_net: np.ndarray,
+    start: date,
+    params: CompromiseParams,
+) -> pl.DataFrame:
+    """Select CPPs one at a time; each one's F-cards are explained and leave the data.
+
+    A compromised card also shops at its owner's other usual terminals, so those
+    terminals share many F-cards with the real point of compromise and look like
+    CPPs too. The terminal that explains the most (smallest tail probability) is
+    taken first; its F-cards are then removed (from ``k``, ``n`` and the base rate)
+    before the next terminal is judged, so a terminal is only a CPP on the cards the
+    earlier ones do not explain. Candidates must pass the Benjamini-Hochberg bound
+    for their rank (``p <= q r / m``), ``k >= min_cards`` and ``lift >= min_lift``.
+    """
+    m = frame.height
+    explained = pl.Series("card_token", [], dtype=pl.String)
+    selected: list[pl.DataFrame] = []
+    while True:
+        left_visits = visits.filter(~pl.col("card_token").is_in(explained.implode()))
+        removed = presence.filter(pl.col("card_token").is_in(explained.implode()))
+        explained_days = removed.select("card_token", "local_date")
+        stats = _terminal_tests(left_visits, frame, removed, explained_days, active_net, start)
+        if left_visits.height == 0:
+            break
+        done = [s.item(0, "terminal_id") for s in selected]
+        rank = len(selected) + 1
+        candidates = stats.filter(
+            ~pl.col("terminal_id").is_in(done)
+            & (pl.col("k") >= params.min_cards)
+            & (pl.col("lift") >= params.min_lift)
+            & (pl.col("p_value") <= params.fdr_q * rank / m)
+        )
+        if candidates.height == 0:
+            break
+        best = candidates.sort(["p_value", "terminal_id"]).head(1)
+        selected.append(best)
+        cards = left_visits.join(
+            best.select("terminal_id", "period_start", "period_end"), on="terminal_id"
+        ).filter(
+            pl.col("txn_time").dt.date().is_between(pl.col("period_start"), pl.col("period_end"))
+        )
+        explained = pl.concat([explained, cards.get_column("card_token").unique()])
+    done = [s.item(0, "terminal_id") for s in selected]
+    rest = stats.filter(~pl.col("terminal_id").is_in(done)).with_columns(
+        pl.lit(False).alias("selected")
+    )
+    chosen = [s.with_columns(pl.lit(True).alias("selected")) for s in selected]
+    return pl.concat([*chosen, rest], how="vertical").sort("terminal_id")
+
+
 def exposure_visits(
     reports: pl.DataFrame, card_txns: pl.DataFrame, as_of: date, params: CompromiseParams
 ) -> pl.DataFrame:
@@ -292,95 +574,23 @@ def fmt(expr: pl.Expr, digits: int) -> pl.Expr:
     return expr.round(digits).cast(pl.String)
 
 
-def _terminal_tests(
-    visits: pl.DataFrame, n_frame: pl.DataFrame, removed: pl.DataFrame, base: float
-) -> pl.DataFrame:
-    """k_t, n_t (less the removed cards seen at t), lift and binomial tail per terminal."""
-    per_terminal = visits.group_by("terminal_id").agg(
-        pl.col("card_token").n_unique().cast(pl.Int64).alias("k"),
-        pl.col("txn_time").min().dt.date().alias("period_start"),
-        pl.col("txn_time").max().dt.date().alias("period_end"),
-        pl.col("txn_id").sort_by("txn_time").head(MAX_EVIDENCE).alias("evidence"),
-    )
-    gone = removed.group_by("terminal_id").agg(pl.len().cast(pl.Int64).alias("gone"))
-    stats = (
-        n_frame.join(per_terminal, on="terminal_id", how="left")
-        .join(gone, on="terminal_id", how="left")
-        .with_columns(pl.col("k", "gone").fill_null(0))
-        # a card seen in its window is also counted in n_t; guard against inconsistent inputs
-        .with_columns(pl.max_horizontal(pl.col("n") - pl.col("gone"), "k").alias("n"))
-        .drop("gone")
-        .sort("terminal_id")
-    )
-    p_values = binomial_tail(stats["k"].to_numpy(), stats["n"].to_numpy(), base)
-    return stats.with_columns(
-        pl.lit(base).alias("base_rate"),
-        (pl.col("k") / (pl.col("n") * base)).fill_nan(0.0).alias("lift"),
-        pl.Series("p_value", p_values),
-    )
-
-
-def _explain_away(
-    visits: pl.DataFrame,
-    presence: pl.DataFrame,
-    n_frame: pl.DataFrame,
-    n_active: int,
-    params: CompromiseParams,
-) -> pl.DataFrame:
-    """Select CPPs one at a time; each one's F-cards are explained and leave the data.
-
-    A compromised card also shops at its owner's other usual terminals, so those
-    terminals share many F-cards with the real point of compromise and look like
-    CPPs too. The terminal that explains the most (smallest tail probability) is
-    taken first; its F-cards are then removed (from ``k``, ``n`` and the base rate)
-    before the next terminal is judged, so a terminal is only a CPP on the cards the
-    earlier ones do not explain. Candidates must pass the Benjamini-Hochberg bound
-    for their rank (``p <= q r / m``), ``k >= min_cards`` and ``lift >= min_lift``.
-    """
-    m = n_frame.height
-    n_fraud = visits.get_column("card_token").n_unique()
-    explained = pl.Series("card_token", [], dtype=pl.String)
-    selected: list[pl.DataFrame] = []
-    while True:
-        left_visits = visits.filter(~pl.col("card_token").is_in(explained.implode()))
-        removed = presence.filter(pl.col("card_token").is_in(explained.implode()))
-        n_left = n_fraud - explained.len()
-        active_left = n_active - explained.len()
-        if n_left <= 0 or active_left <= 0:
-            stats = _terminal_tests(left_visits, n_frame, removed, 1.0)
-            break
-        stats = _terminal_tests(left_visits, n_frame, removed, min(n_left / active_left, 1.0))
-        done = [s.item(0, "terminal_id") for s in selected]
-        rank = len(selected) + 1
-        candidates = stats.filter(
-            ~pl.col("terminal_id").is_in(done)
-            & (pl.col("k") >= params.min_cards)
-            & (pl.col("lift") >= params.min_lift)
-            & (pl.col("p_value") <= params.fdr_q * rank / m)
-        )
-        if candidates.height == 0:
-            break
-        best = candidates.sort(["p_value", "terminal_id"]).head(1)
-        selected.append(best)
-        cards = left_visits.filter(pl.col("terminal_id") == best.item(0, "terminal_id"))
-        explained = pl.concat([explained, cards.get_column("card_token").unique()])
-    done = [s.item(0, "terminal_id") for s in selected]
-    rest = stats.filter(~pl.col("terminal_id").is_in(done)).with_columns(
-        pl.lit(False).alias("selected")
-    )
-    chosen = [s.with_columns(pl.lit(True).alias("selected")) for s in selected]
-    return pl.concat([*chosen, rest], how="vertical").sort("terminal_id")
-
-
 def score_card_compromise(
     reports: pl.DataFrame,
     card_txns: pl.DataFrame,
     terminal_cards: pl.DataFrame,
-    n_active_cards: int,
+    visit_days: pl.DataFrame,
     as_of: date,
     params: CompromiseParams | None = None,
 ) -> CompromiseResult:
     """Score every terminal as a common point of compromise on day ``as_of``.
+
+    Each terminal is judged over its compromise period (domain.md §2.1, the patent's
+    "fraction on dates D" and step 5): the window between two days on which F-cards
+    visited it that is least likely under the network's rate over the same days, so
+    a week-long compromise at a busy terminal is not diluted by a month of normal
+    trading. ``k``, ``n`` and the base rate are all counted over that period, and the
+    tail probability pays for the windows tried (Bonferroni) before the
+    Benjamini-Hochberg step across terminals.
 
     Parameters
     ----------
@@ -391,10 +601,12 @@ def score_card_compromise(
         Transactions of the reported cards: ``txn_id``, ``terminal_id``,
         ``card_token``, ``txn_time`` (other cards' rows are ignored).
     terminal_cards : pl.DataFrame
-        ``terminal_id``, ``n_cards``: distinct cards per terminal over
-        :meth:`CompromiseParams.window`.
-    n_active_cards : int
-        Distinct cards over the same window, all terminals.
+        ``terminal_id``, ``n_cards``: the terminals tested and their distinct cards
+        over :meth:`CompromiseParams.window` (used when no F-card visited them).
+    visit_days : pl.DataFrame
+        ``VISIT_DAYS_SCHEMA`` rows over :meth:`CompromiseParams.window` of (at least)
+        every terminal the reported cards visited, and of ``NETWORK``
+        (see :func:`visit_day_counts`).
     as_of : date
         The run date.
     params : CompromiseParams, optional
@@ -408,22 +620,46 @@ def score_card_compromise(
         and ``stats`` (``STATS_SCHEMA``) for every terminal tested.
     """
     params = params or CompromiseParams()
+    missing = {"terminal_id", "local_date", "prev_date", "n_cards"} - set(visit_days.columns)
+    if missing:
+        raise ValueError(
+            f"visit_days lacks columns {sorted(missing)}; expected {VISIT_DAYS_SCHEMA.names()} "
+            "(build it with visit_day_counts or pipelines.leakage.read_visit_days)"
+        )
     known = known_reports(reports, as_of)
     visits = exposure_visits(known, card_txns, as_of, params)
-    n_fraud_cards = visits.get_column("card_token").n_unique()
-    if n_active_cards <= 0 or n_fraud_cards == 0 or terminal_cards.height == 0:
+    if visits.height == 0 or terminal_cards.height == 0:
         return _empty_result()
     start, _ = params.window(as_of)
-    # every terminal each F-card used in the analysis window (n_t counts them too)
+    network = visit_days.filter(
+        (pl.col("terminal_id") == NETWORK) & pl.col("local_date").is_between(start, as_of)
+    )
+    if network.height == 0:
+        return _empty_result()
+    # the day matrices start at the first day with data (no card is active before it)
+    first_day = max(start, network.get_column("local_date").min())
+    n_days = (as_of - first_day).days + 1
+    active_net = _span_counts(network, first_day, n_days)
+    # every terminal and day each F-card used in the analysis window (n_t counts them too)
     presence = (
         card_txns.filter(pl.col("txn_time").dt.date().is_between(start, as_of))
         .join(visits.select("card_token").unique(), on="card_token", how="semi")
-        .select("terminal_id", "card_token")
+        .select("terminal_id", "card_token", pl.col("txn_time").dt.date().alias("local_date"))
         .unique()
     )
-    n_frame = terminal_cards.select("terminal_id", pl.col("n_cards").cast(pl.Int64).alias("n"))
-    m = n_frame.height
-    stats = _explain_away(visits, presence, n_frame, n_active_cards, params)
+    periods = _scan_periods(visits, visit_days, first_day, n_days, params.min_cards)
+    frame = (
+        terminal_cards.select("terminal_id", pl.col("n_cards").cast(pl.Int64).alias("n"))
+        .join(periods, on="terminal_id", how="left", suffix="_period")
+        .select(
+            "terminal_id",
+            pl.coalesce("period_start", pl.lit(start)).alias("period_start"),
+            pl.coalesce("period_end", pl.lit(as_of)).alias("period_end"),
+            pl.col("n_windows").fill_null(1).cast(pl.Int64),
+            pl.coalesce("n_period", "n").cast(pl.Int64).alias("n"),
+        )
+    )
+    stats = _explain_away(visits, presence, frame, active_net, first_day, params)
     q_values = bh_adjust(stats.get_column("p_value").to_numpy())
     stats = stats.with_columns(pl.Series("q_value", q_values)).with_columns(
         (pl.col("selected") & (pl.col("q_value") <= params.fdr_q)).alias("flagged")
@@ -434,10 +670,12 @@ def score_card_compromise(
         reason(
             "cpp_fraud_cards",
             pl.format(
-                "{} of {} cards seen here ({}%) were later reported as fraud elsewhere, "
-                "seen 1-{} days before their first fraud (minimum {} cards)",
+                "{} of {} cards seen here from {} to {} ({}%) were later reported as fraud "
+                "elsewhere, seen 1-{} days before their first fraud (minimum {} cards)",
                 pl.col("k"),
                 pl.col("n"),
+                pl.col("period_start").cast(pl.String),
+                pl.col("period_end").cast(pl.String),
                 fmt(100 * pl.col("k") / pl.col("n"), 2),
                 pl.lit(params.lookback_days),
                 pl.lit(params.min_cards),
@@ -448,7 +686,8 @@ def score_card_compromise(
         reason(
             "cpp_lift",
             pl.format(
-                "{}x the base rate: {}% of all active cards were later reported (minimum {}x)",
+                "{}x the base rate: {}% of all cards active then were later reported "
+                "(minimum {}x)",
                 fmt(pl.col("lift"), 1),
                 fmt(100 * pl.col("base_rate"), 3),
                 pl.lit(params.min_lift),
@@ -459,9 +698,10 @@ def score_card_compromise(
         reason(
             "cpp_significance",
             pl.format(
-                "binomial tail p = {}, Benjamini-Hochberg q = {} across {} terminals "
-                "(maximum q {})",
+                "binomial tail p = {} (times the {} windows searched), Benjamini-Hochberg "
+                "q = {} across {} terminals (maximum q {})",
                 sci(pl.col("p_value")),
+                pl.col("n_windows"),
                 sci(pl.col("q_value")),
                 pl.lit(m),
                 pl.lit(params.fdr_q),

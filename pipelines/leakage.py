@@ -11,6 +11,10 @@ the data small:
   from the incremental day tables ``card_days``, ``card_visit_days`` and
   ``terminal_day_sales`` (see :func:`refresh_day_tables`) when the connection is writable,
   else (read-only backtests) from raw ``transactions``; both give the same numbers;
+- for ``card_compromise``, distinct cards per day by the day of their previous visit
+  (``card_visit_days``, or the same from raw ``transactions``) at the terminals the
+  reported cards visited and network-wide, from which the model counts the distinct
+  cards of any sub-window (each terminal is judged over its compromise period);
 - free texts of the day that contain the redaction marker.
 
 ``pipelines.detect`` merges the detections into flag episodes and writes the
@@ -36,6 +40,8 @@ from features.schema import (
 )
 from models.compromise import (
     AT_RISK_SCHEMA,
+    NETWORK,
+    VISIT_DAYS_SCHEMA,
     CompromiseParams,
     at_risk_cards,
     score_card_compromise,
@@ -130,6 +136,77 @@ def read_terminal_cards(
         [start, end],
     ).item()
     return per_terminal, int(n_active or 0)
+
+
+def _with_terminals(
+    con: duckdb.DuckDBPyConnection, terminals: pl.Series, sql: str, params: dict[str, Any]
+) -> pl.DataFrame:
+    """Run ``sql`` with the terminal ids ``terminals`` registered as ``_tg_cpp_terminals``."""
+    con.register("_tg_cpp_terminals", pl.DataFrame({"terminal_id": terminals}).to_arrow())
+    try:
+        frame = _frame(con, sql, params)
+    finally:
+        con.unregister("_tg_cpp_terminals")
+    return frame.cast(dict(VISIT_DAYS_SCHEMA)).select(VISIT_DAYS_SCHEMA.names())
+
+
+def read_visit_days(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, terminals: pl.Series
+) -> pl.DataFrame:
+    """``VISIT_DAYS_SCHEMA`` rows over ``[start, end]`` of ``terminals`` and the network.
+
+    Distinct cards per terminal and day by the day of their previous visit there inside
+    the window (null when none), from raw ``transactions``; ``models.compromise`` counts
+    the distinct cards of any sub-window from them.
+    """
+    return _with_terminals(
+        con,
+        terminals,
+        f"""
+        WITH days AS (
+            SELECT DISTINCT terminal_id, card_token, local_date FROM transactions
+            WHERE local_date BETWEEN $s AND $e AND card_token IS NOT NULL
+        ),
+        mine AS (SELECT * FROM days SEMI JOIN _tg_cpp_terminals USING (terminal_id)),
+        network AS (SELECT DISTINCT card_token, local_date FROM days)
+        SELECT terminal_id, local_date, prev_date, count(*) AS n_cards
+        FROM (SELECT terminal_id, local_date, lag(local_date) OVER (
+                  PARTITION BY terminal_id, card_token ORDER BY local_date) AS prev_date
+              FROM mine)
+        GROUP BY ALL
+        UNION ALL
+        SELECT '{NETWORK}', local_date, prev_date, count(*)
+        FROM (SELECT local_date, lag(local_date) OVER (
+                  PARTITION BY card_token ORDER BY local_date) AS prev_date
+              FROM network)
+        GROUP BY ALL
+        """,
+        {"s": start, "e": end},
+    )
+
+
+def read_visit_days_cached(
+    con: duckdb.DuckDBPyConnection, start: date, end: date, terminals: pl.Series
+) -> pl.DataFrame:
+    """:func:`read_visit_days` from ``card_visit_days`` (refreshed beforehand).
+
+    A previous visit before ``start`` is reported as null, as in the raw-data path.
+    """
+    return _with_terminals(
+        con,
+        terminals,
+        f"""
+        SELECT terminal_id, local_date,
+               CASE WHEN prev_date >= $s THEN prev_date END AS prev_date,
+               sum(n_cards) AS n_cards
+        FROM card_visit_days
+        WHERE local_date BETWEEN $s AND $e
+          AND (terminal_id = '{NETWORK}'
+               OR terminal_id IN (SELECT terminal_id FROM _tg_cpp_terminals))
+        GROUP BY ALL
+        """,
+        {"s": start, "e": end},
+    )
 
 
 def read_terminal_sales(con: duckdb.DuckDBPyConnection, start: date, end: date) -> pl.DataFrame:
@@ -452,10 +529,13 @@ def run_leakage(
         refresh_day_tables(con, first, as_of)
     read_cards = read_terminal_cards_cached if cached else read_terminal_cards
     read_sales = read_terminal_sales_cached if cached else read_terminal_sales
+    read_days = read_visit_days_cached if cached else read_visit_days
 
-    # card_compromise
-    terminal_cards, n_active = read_cards(con, cpp_start, as_of)
-    compromise = score_card_compromise(reports, card_txns, terminal_cards, n_active, as_of, cpp)
+    # card_compromise: terminals the reported cards visited are judged over a sub-window
+    terminal_cards, _ = read_cards(con, cpp_start, as_of)
+    visited = card_txns.get_column("terminal_id").unique().sort()
+    visit_days = read_days(con, cpp_start, as_of, visited)
+    compromise = score_card_compromise(reports, card_txns, terminal_cards, visit_days, as_of, cpp)
     at_risk = at_risk_cards(read_period_txns(con, compromise.periods), compromise.periods, reports)
 
     # fraud_hotspot

@@ -8,7 +8,12 @@ import polars as pl
 import pytest
 
 from features.schema import DETECTION_SCHEMA, PAN_REDACTION_MARKER, TABLES
-from models.compromise import CompromiseParams, score_card_compromise, terminal_card_counts
+from models.compromise import (
+    CompromiseParams,
+    score_card_compromise,
+    terminal_card_counts,
+    visit_day_counts,
+)
 from pipelines.leakage import run_leakage, run_leakage_detectors
 from pipelines.storage import connect
 
@@ -82,8 +87,8 @@ def store(tmp_path):
         for j in range(40):
             ts = datetime(2024, 3, 1 + j % 20, 12, 0)
             txns.append(txn(f"x{t}_{j}", tid(t), f"c{t}_{j:04d}", ts))
-    # T0 is a CPP (5 of its cards defrauded elsewhere); T2..T7 one card each (background)
-    for card in [f"c0_{j:04d}" for j in range(5)] + [f"c{t}_0000" for t in range(2, 8)]:
+    # T0 is a CPP (10 of its cards defrauded elsewhere); T2..T7 one card each (background)
+    for card in [f"c0_{j:04d}" for j in range(10)] + [f"c{t}_0000" for t in range(2, 8)]:
         reports.append(report(f"r_{card}", card, datetime(2024, 3, 28, 10), datetime(2024, 4, 5)))
     # T9 accepts 8 stolen cards on 25 March, reported by txn_id
     for j in range(8):
@@ -136,8 +141,10 @@ def test_detections_and_at_risk_from_the_store(store):
     ]
     assert (detections["day"] == AS_OF).all()
     assert detections["score"].is_between(0, 1).all()
-    # T0's F-cards visited on 1-5 March (days 1..5 -> j 0..4); the others then: j 20..24
-    assert at_risk["card_token"].to_list() == [f"c0_{j:04d}" for j in range(20, 25)]
+    # T0's F-cards visited on 1-10 March (j 0..9); 1 March, when the background F-cards
+    # shopped too, is left out of the most telling window, 2-10 March: the others then
+    # are j 21..29 (the same window as T0's n_t)
+    assert at_risk["card_token"].to_list() == [f"c0_{j:04d}" for j in range(21, 30)]
     assert at_risk.columns == [
         "terminal_id",
         "card_token",
@@ -158,8 +165,9 @@ def test_sql_path_matches_the_polars_reference(store):
     params = CompromiseParams()
     result = run_leakage(con, AS_OF, config={})
     tx = txns.select("txn_id", "terminal_id", "card_token", "txn_time")
-    counts, n_active = terminal_card_counts(tx, *params.window(AS_OF))
-    ref = score_card_compromise(reports, tx, counts, n_active, AS_OF, params)
+    counts, _ = terminal_card_counts(tx, *params.window(AS_OF))
+    days = visit_day_counts(tx, *params.window(AS_OF))
+    ref = score_card_compromise(reports, tx, counts, days, AS_OF, params)
     assert result.compromise_stats.equals(ref.stats)
     t9 = result.compromise_stats.filter(pl.col("terminal_id") == tid(9)).row(0, named=True)
     assert t9["k"] == 0  # the hotspot's own fraud is not exposure
@@ -172,7 +180,7 @@ def test_sql_path_matches_the_polars_reference(store):
 
 def test_thresholds_come_from_the_config(store):
     con, _, _ = store
-    strict = {"card_compromise": {"min_cards": 6}, "fraud_hotspot": {"min_fraud": 9}}
+    strict = {"card_compromise": {"min_cards": 12}, "fraud_hotspot": {"min_fraud": 9}}
     detections, at_risk = run_leakage_detectors(con, AS_OF, config=strict)
     assert set(detections["behaviour"]) == {"pan_exposure"}
     assert at_risk.height == 0
@@ -276,3 +284,34 @@ def test_day_tables_of_an_older_layout_are_rebuilt(store):
     assert again[0].equals(expected[0]) and again[1].equals(expected[1])
     cols = [r[0] for r in con.execute("DESCRIBE card_days").fetchall()]
     assert cols == [c.name for c in TABLES["card_days"][0]]
+
+
+def test_visit_days_from_the_day_tables_and_raw_scans_give_the_same_window_counts(tmp_path):
+    from models.compromise import _span_counts
+    from pipelines.leakage import read_visit_days, read_visit_days_cached, refresh_day_tables
+
+    con, start = _revisit_store(tmp_path)
+    first, end = start + timedelta(days=5), start + timedelta(days=39)
+    refresh_day_tables(con, start, end)
+    terminals = pl.Series([tid(1), tid(4)])
+    keys = ["terminal_id", "local_date", "prev_date"]
+    cached = read_visit_days_cached(con, first, end, terminals).sort(keys)
+    raw = read_visit_days(con, first, end, terminals).sort(keys)
+    assert cached.equals(raw)
+    assert set(raw["terminal_id"]) == {tid(1), tid(4), "*"}
+    tx = pl.from_arrow(
+        con.sql("SELECT terminal_id, card_token, txn_time FROM transactions").to_arrow_table()
+    )
+    ref = visit_day_counts(tx, first, end).filter(
+        pl.col("terminal_id").is_in([tid(1), tid(4), "*"])
+    )
+    assert ref.sort(keys).equals(raw)
+    # distinct cards of T1 over every window [a, b] match a direct count
+    n_days = (end - first).days + 1
+    spans = _span_counts(raw.filter(pl.col("terminal_id") == tid(1)), first, n_days)
+    t1 = tx.filter(pl.col("terminal_id") == tid(1)).with_columns(d=pl.col("txn_time").dt.date())
+    for a, b in [(0, 0), (0, n_days - 1), (3, 17), (10, 11), (20, 34)]:
+        lo, hi = first + timedelta(days=a), first + timedelta(days=b)
+        direct = t1.filter(pl.col("d").is_between(lo, hi))["card_token"].n_unique()
+        assert spans[a, b] == direct
+    con.close()
