@@ -80,7 +80,11 @@ from pipelines.readers import (
 from pipelines.settings import PROJECT_ROOT, Settings
 
 DEFAULT_POLICIES_FILE = PROJECT_ROOT / "pipelines" / "default_policies.toml"
-STAGE = "_tg_stage"
+#: The staging database: a scratch DuckDB file beside the store, attached under this
+#: name while ingesting and deleted afterwards (see :func:`attach_staging`).
+STAGING = "tg_staging"
+STAGE = f"{STAGING}._tg_stage"
+REPEATS = f"{STAGING}._tg_rep"
 REDACT_UDF = "_tg_redact"
 REDACT_ROW_UDF = "_tg_redact_row"
 #: DuckDB memory limit while ingesting (``TRIALGUARD_INGEST_MEMORY_LIMIT`` overrides it);
@@ -638,7 +642,7 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
     key_value = " || '/' || ".join(f"CAST({_ident(k)} AS VARCHAR)" for k in keys)
     # inside the file: only keys that occur more than once are examined
     con.execute(
-        f"CREATE OR REPLACE TABLE _tg_rep AS "
+        f"CREATE OR REPLACE TABLE {REPEATS} AS "
         f"WITH k AS (SELECT {kcols} FROM {STAGE} WHERE _reason IS NULL "
         f"GROUP BY {kcols} HAVING count(*) > 1), "
         f"s AS (SELECT {LINE_COLUMN}, {kcols}, hash({content}) AS h FROM {STAGE} "
@@ -652,7 +656,7 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
         f"'conflict: {key_words} ' || {_quoted_value(key_value)} || ' repeats line ' || "
         f"r.first_line || ' of this file with different content' END, "
         f"_raw = CASE WHEN r.same THEN NULL ELSE CAST(to_json(struct_pack({content})) AS VARCHAR) END "
-        f"FROM _tg_rep r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN} AND r.rk > 1"
+        f"FROM {REPEATS} r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN} AND r.rk > 1"
     )
     # against what is stored
     table = kind.name
@@ -660,7 +664,7 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
     s_content = ", ".join(f"s.{_ident(c)}" for c in content_columns(kind))
     t_content = ", ".join(f"t.{_ident(c)}" for c in content_columns(kind))
     con.execute(
-        f"CREATE OR REPLACE TABLE _tg_rep AS SELECT s.{LINE_COLUMN}, t.file_id, t.line_no, "
+        f"CREATE OR REPLACE TABLE {REPEATS} AS SELECT s.{LINE_COLUMN}, t.file_id, t.line_no, "
         f"hash({s_content}) = hash({t_content}) AS same FROM {STAGE} s JOIN {table} t ON {on} "
         f"WHERE s._reason IS NULL AND NOT s._dup"
     )
@@ -669,20 +673,24 @@ def _deduplicate(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: str) 
         f"'conflict: {key_words} ' || {_quoted_value(key_value)} || ' is already stored (line ' "
         f"|| r.line_no || ' of file ' || left(r.file_id, 12) || ') with different content' END, "
         f"_raw = CASE WHEN r.same THEN NULL ELSE CAST(to_json(struct_pack({content})) AS VARCHAR) END "
-        f"FROM _tg_rep r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN}"
+        f"FROM {REPEATS} r WHERE {STAGE}.{LINE_COLUMN} = r.{LINE_COLUMN}"
     )
-    con.execute("DROP TABLE IF EXISTS _tg_rep")
+    con.execute(f"DROP TABLE IF EXISTS {REPEATS}")
 
 
-def _write_quarantine(
-    con: duckdb.DuckDBPyConnection, info: FileInfo, kind: str, now: datetime
-) -> int:
-    """Copy invalid rows to ``quarantine``, their raw rows redacted; return how many."""
+def _redact_quarantined(con: duckdb.DuckDBPyConnection) -> None:
+    """Redact card-number-like digit runs in the raw rows of invalid staged rows."""
     rows = con.execute(
         f"SELECT {LINE_COLUMN}, _raw FROM {STAGE} WHERE _reason IS NOT NULL AND "
         f"regexp_matches(_raw, '[0-9]([ -]?[0-9]){{11,}}')"
     ).fetchall()
     _update_from_rows(con, "_raw", [(line, redact_raw_row(raw), 0) for line, raw in rows])
+
+
+def _write_quarantine(
+    con: duckdb.DuckDBPyConnection, info: FileInfo, kind: str, now: datetime
+) -> int:
+    """Copy invalid rows (redacted by :func:`_redact_quarantined`) to ``quarantine``."""
     return _count(
         con,
         f"INSERT INTO quarantine SELECT ?, ?, ?, {LINE_COLUMN}, _reason, _raw, ? "
@@ -810,7 +818,60 @@ def _load_table_file(
     gate: Any,
     clock: _Clock,
 ) -> None:
-    """Stage, check, de-duplicate and write one table file (inside the caller's transaction)."""
+    """Stage, check and de-duplicate one table file, then open the file's transaction and write.
+
+    Staging happens in the scratch database (:func:`attach_staging`), each statement
+    committed there on its own: nothing of the store changes until the file's
+    transaction, which this function begins (``BEGIN``) before writing quarantine,
+    accepted rows and gate results into the store. The caller writes the manifest
+    row and commits (or rolls back) that transaction.
+    """
+    previous = con.execute("SELECT current_setting('force_compression')").fetchone()[0]
+    # the staged copy lives for seconds: compressing it cost about a third of the
+    # staging CPU for nothing (the accepted rows are compressed once, in the store)
+    con.execute("SET force_compression = 'uncompressed'")
+    try:
+        _stage_file(con, info, result, kind_name, pads, tz, clock)
+    finally:
+        con.execute(f"SET force_compression = {_lit(previous)}")
+    kind = INPUT_KINDS[result.kind]
+    has_key = bool(TABLES[kind.name][1])
+    pending = _start_gate(con, kind, info.file_id, gate)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        now = datetime.now()
+        result.quarantined = _write_quarantine(con, info, kind.name, now)
+        clock.lap("quarantine")
+        result.accepted = _write_accepted(con, kind, info.file_id)
+        _pause_for_tests(info.path.name, "write")
+        dup = " AND NOT _dup" if has_key else ""
+        result.pan_redactions = _count(
+            con, f"SELECT sum(_nred) FROM {STAGE} WHERE _reason IS NULL{dup}"
+        )
+        clock.lap("write")  # the gate ran alongside; "gate" is the wait after the write
+    finally:
+        # wait for the gate thread in any case (never leave it running on an error)
+        concurrent.futures.wait([pending] if pending is not None else [])
+    result.gate_success = _finish_gate(con, kind, info.file_id, pending, now)
+    clock.lap("gate")
+    if not result.balanced:  # pragma: no cover - a bug, never a data problem
+        raise RuntimeError(
+            f"accounting mismatch for {info.path.name}: read {result.rows_read} != accepted "
+            f"{result.accepted} + quarantined {result.quarantined} + duplicates "
+            f"{result.duplicates}"
+        )
+
+
+def _stage_file(
+    con: duckdb.DuckDBPyConnection,
+    info: FileInfo,
+    result: FileResult,
+    kind_name: str | None,
+    pads: tuple[bytes, bytes],
+    tz: str,
+    clock: _Clock,
+) -> None:
+    """Read, check, number and de-duplicate one file into the staging table."""
     names = open_source(con, info)
     try:
         kind = INPUT_KINDS[recognise_kind(names, kind_name)]
@@ -837,42 +898,62 @@ def _load_table_file(
         numbering.apply(con)
         clock.lap("stage")
     finally:
-        try:
-            close_source(con)
-        except duckdb.TransactionException:
-            pass  # the file's transaction is aborted; its ROLLBACK drops the view too
+        close_source(con)
     if kind is TERMINAL_EVENTS:
         con.execute(f"UPDATE {STAGE} SET event_id = {EVENT_ID_SQL}")
     clock.lap("redact")
     if has_key:
         _deduplicate(con, kind, info.file_id)
     clock.lap("dedup")
-    now = datetime.now()
     result.rows_read = _count(con, f"SELECT count(*) FROM {STAGE}")
     result.duplicates = _count(con, f"SELECT count(*) FROM {STAGE} WHERE _dup") if has_key else 0
-    result.quarantined = _write_quarantine(con, info, kind.name, now)
-    clock.lap("quarantine")
-    pending = _start_gate(con, kind, info.file_id, gate)
+    _redact_quarantined(con)
+
+
+def attach_staging(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> Path:
+    """Attach the scratch database that files are staged in (idempotent); return its path.
+
+    It is a DuckDB file beside the store (``.<store name>.staging``), so it has the
+    store's protection; it holds what the store holds (tokens, BIN and last 4,
+    masked and redacted raw rows), never a raw card number. A file left by a
+    killed run is deleted first. Staging there instead of in the store keeps the
+    store's file from growing by each staged copy, and lets the store's transaction
+    hold only the file's final writes.
+    """
+    path = Path(db_path)
+    path = path.with_name(f".{path.name}.staging")
+    attached = _count(
+        con, "SELECT count(*) FROM duckdb_databases() WHERE database_name = ?", [STAGING]
+    )
+    if not attached:
+        for p in (path, Path(str(path) + ".wal")):
+            p.unlink(missing_ok=True)
+        con.execute(f"ATTACH {_lit(str(path))} AS {STAGING}")
+    return path
+
+
+def detach_staging(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> None:
+    """Detach the scratch database and delete its file."""
+    path = Path(db_path)
+    path = path.with_name(f".{path.name}.staging")
+    if _count(con, "SELECT count(*) FROM duckdb_databases() WHERE database_name = ?", [STAGING]):
+        con.execute(f"DETACH {STAGING}")
+    for p in (path, Path(str(path) + ".wal")):
+        p.unlink(missing_ok=True)
+
+
+def _drop_staged(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the staged tables of a file (after its transaction ended)."""
+    for table in (STAGE, REPEATS):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the file's transaction if it was begun."""
     try:
-        result.accepted = _write_accepted(con, kind, info.file_id)
-        _pause_for_tests(info.path.name, "write")
-        dup = " AND NOT _dup" if has_key else ""
-        result.pan_redactions = _count(
-            con, f"SELECT sum(_nred) FROM {STAGE} WHERE _reason IS NULL{dup}"
-        )
-        clock.lap("write")  # the gate ran alongside; "gate" is the wait after the write
-    finally:
-        # wait for the gate thread in any case (never leave it running on an error)
-        concurrent.futures.wait([pending] if pending is not None else [])
-    result.gate_success = _finish_gate(con, kind, info.file_id, pending, now)
-    clock.lap("gate")
-    con.execute(f"DROP TABLE IF EXISTS {STAGE}")
-    if not result.balanced:  # pragma: no cover - a bug, never a data problem
-        raise RuntimeError(
-            f"accounting mismatch for {info.path.name}: read {result.rows_read} != accepted "
-            f"{result.accepted} + quarantined {result.quarantined} + duplicates "
-            f"{result.duplicates}"
-        )
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass  # the error came before the file's transaction began
 
 
 # ---------------------------------------------------------------------------
@@ -1053,26 +1134,30 @@ def ingest_file(
         result.status = "skipped"
         result.message = "already ingested (same content hash); skipped"
         return result
-    con.execute("BEGIN TRANSACTION")
     try:
         if info.format == "toml":
             if kind not in (None, POLICIES_KIND):
                 raise UnreadableFile(f"{path.name} is a policy set (.toml), not {kind}")
+            con.execute("BEGIN TRANSACTION")
             _load_policy_file(con, info, result)
         else:
             if pads is None:
                 pads = hmac_pads(settings.pan_key())
+            attach_staging(con, settings.db_path)
+            # stages in the scratch database, then begins the file's transaction
             _load_table_file(con, info, result, kind, pads, settings.timezone, gate, clock)
         result.status = "loaded"
         if result.gate_success is False:
             result.message = "loaded; quality gate failed (see gate_results and Data Docs)"
         _manifest(con, result, started, datetime.now())
         con.execute("COMMIT")
+        if info.format != "toml":
+            _drop_staged(con)
     except Exception as exc:
-        con.execute("ROLLBACK")
-        for name in ("_tg_stage", "_tg_rep"):
-            con.execute(f"DROP TABLE IF EXISTS {name}")
+        _rollback(con)
         close_source(con)
+        if info.format != "toml":
+            _drop_staged(con)
         if not isinstance(exc, UnreadableFile | duckdb.Error | OSError | EOFError):
             if type(exc).__name__ == "MissingKeyError":
                 raise
@@ -1193,6 +1278,7 @@ def ingest_paths(
             report = IngestReport(run_id, results, time.perf_counter() - t0)
             _finish_run(con, report)
         finally:
+            detach_staging(con, settings.db_path)
             if own:
                 con.close()
             else:

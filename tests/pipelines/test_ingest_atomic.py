@@ -81,6 +81,12 @@ def test_kill_mid_file_then_rerun_equals_clean_ingest(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # the killed file was staged in the scratch database beside the store: tokens only
+    staging = killed_db.with_name(f".{killed_db.name}.staging")
+    wal = Path(f"{staging}.wal")
+    staged = staging.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert len(staged) > 0
+    assert not [p for p in pans if p.encode() in staged]
     after_kill = snapshot(killed_db)
     assert {r[0] for r in after_kill["transactions"]} == {f"T{i:06d}" for i in range(50)}
     assert [r[1] for r in after_kill["ingest_manifest"]] == [str(a)]
@@ -88,6 +94,7 @@ def test_kill_mid_file_then_rerun_equals_clean_ingest(tmp_path):
     settings = Settings(db_path=killed_db, pan_key_env=KEY)
     rerun = ingest_paths(settings, [a, b], gate=False)
     assert [f.status for f in rerun.files][:2] == ["skipped", "loaded"]
+    assert not staging.exists()  # the rerun replaced the leftover and deleted it at the end
     clean = Settings(db_path=tmp_path / "clean.duckdb", pan_key_env=KEY)
     ingest_paths(clean, [a, b], gate=False)
     assert snapshot(killed_db) == snapshot(clean.db_path)

@@ -12,7 +12,13 @@ import polars as pl
 import pytest
 
 from features.schema import INPUT_KINDS, TABLES, TERMINAL_EVENTS, TRANSACTIONS
-from pipelines.ingest import STAGE, _finish_gate, _start_gate, ingest_paths
+from pipelines.ingest import (
+    STAGE,
+    _finish_gate,
+    _start_gate,
+    attach_staging,
+    ingest_paths,
+)
 from pipelines.settings import Settings
 from pipelines.validation import CARD_COLUMNS, Gate, expectation_specs
 
@@ -82,8 +88,9 @@ def test_gate_passes_good_rows_and_records_a_failure_with_details(tmp_path):
     # rows the row checks would have quarantined, handed to the gate directly: it must fail
     con = duckdb.connect(str(settings.db_path))
     try:
+        attach_staging(con, settings.db_path)
         con.execute(
-            f"CREATE TEMP TABLE {STAGE} AS SELECT *, CAST(NULL AS VARCHAR) AS _reason, "
+            f"CREATE TABLE {STAGE} AS SELECT *, CAST(NULL AS VARCHAR) AS _reason, "
             "false AS _dup FROM transactions"
         )
         con.execute(f"UPDATE {STAGE} SET txn_type = 'PURCHASE' WHERE txn_id = 'T000001'")
