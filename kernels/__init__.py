@@ -6,7 +6,7 @@ See ``docs/kernels.md``.
 """
 
 from kernels.cards import sequential_card_burst
-from kernels.devices import device_interleaving
+from kernels.devices import device_interleaving, previous_flagged
 from kernels.forest import PackedForest, isolation_forest_score_samples, pack_isolation_forest
 from kernels.geo import distance_km, travel_speed_kmh
 from kernels.stan import stan_checks
@@ -19,6 +19,7 @@ __all__ = [
     "distance_km",
     "isolation_forest_score_samples",
     "pack_isolation_forest",
+    "previous_flagged",
     "same_value_recent",
     "sequential_card_burst",
     "stan_chains",

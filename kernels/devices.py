@@ -100,3 +100,72 @@ def device_interleaving(group, t, device, window_s) -> tuple[np.ndarray, np.ndar
     if k:
         _device_interleaving(g, tt, codes, w, k, switch, back_switch)
     return switch, back_switch
+
+
+@jit
+def _previous_flagged(group, codes, flag, k, out):
+    n = group.shape[0]
+    last = np.full(k, -1, dtype=np.int64)  # latest flagged row of each sub-group
+    start = 0
+    for i in range(n):
+        if i > 0 and group[i] != group[i - 1]:
+            for j in range(start, i):
+                last[codes[j]] = -1
+            start = i
+        c = codes[i]
+        out[i] = last[c]
+        if flag[i]:
+            last[c] = i
+
+
+def previous_flagged(group, sub, flag) -> np.ndarray:
+    """Index of the latest earlier row of the same group and sub-group with ``flag`` set.
+
+    "The previous located fix of the same device on this terminal": rows are in
+    order within each group (e.g. sorted by terminal and time), the sub-group is
+    e.g. the device serial's code.
+
+    Parameters
+    ----------
+    group : array-like of int
+        Group code per row, non-decreasing (a group's rows are contiguous); otherwise
+        a ValueError names the first row out of order.
+    sub : array-like of int
+        Sub-group code per row; every value, ``-1`` included, is a sub-group.
+    flag : array-like of bool
+        Rows that can be pointed to.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        Row index, -1 when no earlier flagged row of the same group and sub-group exists.
+
+    Examples
+    --------
+    >>> previous_flagged([0, 0, 0, 0, 1], [5, 6, 5, 5, 5], [True, True, False, True, True]).tolist()
+    [-1, -1, 0, 0, -1]
+    """
+    name = "previous_flagged"
+    g = as_int64(group, "group", name)
+    s = as_int64(sub, "sub", name)
+    f = np.asarray(flag)
+    if f.ndim != 1 or (f.dtype.kind != "b" and f.size):
+        raise TypeError(
+            f"{name}: flag must be a 1-D boolean array, got dtype {f.dtype} and shape "
+            f"{f.shape}; pass one True/False per row"
+        )
+    f = np.ascontiguousarray(f, dtype=np.bool_)
+    n = same_length(name, group=g, sub=s, flag=f)
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return out
+    down = np.flatnonzero(g[1:] < g[:-1])
+    if down.size:
+        i = int(down[0]) + 1
+        raise ValueError(
+            f"{name}: group codes must be non-decreasing (a group's rows contiguous): row {i} "
+            f"has group {g[i]} after group {g[i - 1]}; sort the rows by group first"
+        )
+    codes, k = dense_codes(s)
+    _previous_flagged(g, codes, f, k, out)
+    return out

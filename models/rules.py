@@ -13,6 +13,7 @@ Sign convention (shared with the anomaly model): higher score = more certain.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,32 @@ def below_score(observed: pl.Expr, threshold: pl.Expr | float) -> pl.Expr:
 def count_score(n: pl.Expr) -> pl.Expr:
     """A hard rule: 0.5 for one occurrence, ``1 - 0.5**n`` for ``n`` (0.75, 0.875, ...)."""
     return 1.0 - pl.lit(0.5).pow(n.cast(pl.Float64).clip(lower_bound=0.0))
+
+
+def _ln_factorial(k: pl.Expr) -> pl.Expr:
+    """``ln k!`` (Stirling series; error below 1e-3 at k = 1, exact 0 at k = 0)."""
+    kf = k.cast(pl.Float64).clip(lower_bound=1.0)
+    series = (
+        kf * kf.log()
+        - kf
+        + 0.5 * (2.0 * math.pi * kf).log()
+        + 1.0 / (12.0 * kf)
+        - 1.0 / (360.0 * kf.pow(3))
+    )
+    return pl.when(k < 1).then(0.0).otherwise(series)
+
+
+def poisson_surprise(k: pl.Expr, expected: pl.Expr) -> pl.Expr:
+    """``-log10 P(X >= k)`` for ``X ~ Poisson(expected)``, 0 when ``k <= expected``.
+
+    Uses ``P(X >= k) <= P(X = k) * (k + 1) / (k + 1 - expected)`` (the tail's
+    terms shrink at least geometrically), an upper bound on the probability that
+    is tight when ``k`` is well above ``expected``: the surprise is never overstated.
+    """
+    kf = k.cast(pl.Float64)
+    lam = expected.cast(pl.Float64).clip(lower_bound=1e-12)
+    log_p = -lam + kf * lam.log() - _ln_factorial(k) + ((kf + 1.0) / (kf + 1.0 - lam)).log()
+    return pl.when(kf > lam).then((-log_p / math.log(10.0)).clip(lower_bound=0.0)).otherwise(0.0)
 
 
 def _pct(e: pl.Expr) -> pl.Expr:
@@ -309,7 +336,9 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
     """Cash-out indicators (domain §1 #5, #10, #12); they fire together, see :func:`detect`.
 
     ``round_split`` reads ``n_round_splits`` (:func:`features.daily.round_splits`);
-    a frame without it counts none.
+    a frame without it counts none. ``just_under_cap_week`` (near-cap tickets
+    over ``window_days``, column ``n_just_under_cap_w``; today's count without
+    history) fires alone.
     """
     c = cfg["cash_out"]
     enough = pl.col("n_cap") >= int(c["min_txns"])
@@ -442,6 +471,26 @@ def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
             ),
             pl.col("refund_ratio"),
             _f(c["refund_ratio"]),
+            fires=False,
+        ),
+        Check(
+            "just_under_cap_week",
+            (pl.col("n_just_under_cap") >= 1)
+            & (pl.col("n_just_under_cap_w") >= int(c["just_under_cap_week"])),
+            count_score(pl.col("n_just_under_cap_w") - int(c["just_under_cap_week"]) + 2),
+            pl.format(
+                "{} approved purchases within {}% below the per-transaction cap of {} yuan in "
+                "{} days, {} today (threshold {} in {} days; repeated near-cap tickets)",
+                pl.col("n_just_under_cap_w"),
+                _pct(_f(c["just_under_cap_pct"])),
+                _yuan(pl.col("max_txn_amount_minor")),
+                pl.lit(int(c["window_days"])),
+                pl.col("n_just_under_cap"),
+                pl.lit(int(c["just_under_cap_week"])),
+                pl.lit(int(c["window_days"])),
+            ),
+            pl.col("n_just_under_cap_w").cast(pl.Float64),
+            _f(c["just_under_cap_week"]),
             fires=False,
         ),
     ]
@@ -680,7 +729,11 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     Counts and rates are over ``window_days`` days (columns ``*_w``, today
     included; today's values when no history is given). The checks are
     indicators: :func:`detect` fires on ``min_indicators`` of them, on a day
-    with a symptom, or on massive technical declines alone.
+    with a symptom, or on massive technical declines alone. ``technical_jump``
+    fires alone: technical-decline incidents (outage bursts counted once) far
+    above what the terminal's own earlier days (``*_base`` columns, the stored
+    days before the window) predict, over the window or over the last
+    ``short_window_days`` days (``*_s`` columns).
     """
     c = cfg["malfunction"]
     w = int(c["window_days"])
@@ -689,6 +742,31 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     tech_rate = tech / txn.cast(pl.Float64)
     rev_ratio = (rev / cap.cast(pl.Float64)).fill_nan(1.0).fill_null(1.0)
     dups = pl.col("n_stan_repeat_w") + pl.col("n_stan_conflict_w")
+    # technical_jump: the window's technical incidents against the terminal's own
+    # earlier days, shrunk towards the reference rate (thresholds.toml explains).
+    incidents = pl.col("n_technical_incidents_w")
+    m = float(c["baseline_weight_txns"])
+    own_rate = (
+        pl.col("n_technical_incidents_base").cast(pl.Float64)
+        + float(c["reference_technical_rate"]) * m
+    ) / (pl.col("n_txn_base").cast(pl.Float64) + m)
+    expected_w = pl.col("n_txn_w").cast(pl.Float64) * own_rate
+    jump_w = poisson_surprise(incidents, expected_w)
+    # The same test over the last `short_window_days` days (same baseline, same
+    # threshold): a fault that started a day or two ago is diluted in the long window.
+    ws = int(c["short_window_days"])
+    inc_s = pl.col("n_technical_incidents_s")
+    expected_s = pl.col("n_txn_s").cast(pl.Float64) * own_rate
+    jump_s = poisson_surprise(inc_s, expected_s)
+    min_inc, min_sur = int(c["min_incidents"]), float(c["min_surprise"])
+    long_ok = (incidents >= min_inc) & (jump_w >= min_sur)
+    short_ok = (inc_s >= min_inc) & (jump_s >= min_sur)
+    short = short_ok & (~long_ok | (jump_s > jump_w))
+    incidents = pl.when(short).then(inc_s).otherwise(incidents)
+    jump = pl.when(short).then(jump_s).otherwise(jump_w)
+    expected = pl.when(short).then(expected_s).otherwise(expected_w)
+    jump_days = pl.when(short).then(pl.lit(ws)).otherwise(pl.lit(w))
+    jump_txn = pl.when(short).then(pl.col("n_txn_s")).otherwise(pl.col("n_txn_w"))
     return [
         Check(
             "technical_declines",
@@ -750,6 +828,27 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             fires=False,
         ),
         Check(
+            "technical_jump",
+            (long_ok | short_ok) & (pl.col("n_technical_incidents") > 0),
+            exceed_score(jump, float(c["min_surprise"])),
+            pl.format(
+                "{} separate technical-decline incidents (outage bursts counted once) in {} "
+                "days over {} messages, where {} were expected from its own earlier days "
+                "({} in {} messages) and the reference rate: chance 1 in 10^{} (threshold "
+                "10^{})",
+                incidents,
+                jump_days,
+                jump_txn,
+                expected.round(2),
+                pl.col("n_technical_incidents_base"),
+                pl.col("n_txn_base"),
+                jump.round(1),
+                pl.lit(float(c["min_surprise"])),
+            ),
+            jump,
+            _f(c["min_surprise"]),
+        ),
+        Check(
             "symptom_families",
             (tech >= int(c["min_technical"]))
             & (rev >= int(c["min_reversals"]))
@@ -779,11 +878,32 @@ MALFUNCTION_SYMPTOMS: tuple[str, ...] = (
     "n_txn",
     "n_cap",
     "n_technical",
+    "n_technical_incidents",
     "n_reversal",
     "n_stan_repeat",
     "n_stan_conflict",
     "n_implausible_time",
 )
+
+
+#: Daily counts summed over the stored days before the malfunction window
+#: (``<count>_base`` columns): the terminal's own baseline for ``technical_jump``.
+MALFUNCTION_BASELINE: tuple[str, ...] = ("n_txn", "n_technical_incidents")
+
+
+def window_sums(cfg: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """Further windowed daily sums the rules read: ``(column, days, output name)``.
+
+    The output is ``column`` summed over ``days`` days, today included
+    (``pipelines.detect.with_history`` computes it from stored days; a frame
+    without it is judged on today's value alone).
+    """
+    co, mf = int(cfg["cash_out"]["window_days"]), int(cfg["malfunction"]["short_window_days"])
+    return [
+        ("n_just_under_cap", co, "n_just_under_cap_w"),
+        ("n_txn", mf, "n_txn_s"),
+        ("n_technical_incidents", mf, "n_technical_incidents_s"),
+    ]
 
 
 #: Terminal-day counts the rules read that a day frame may lack (0 when absent):
@@ -898,6 +1018,27 @@ def _prepare(day: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
     )
     if "n_implausible_time" not in names:
         out = out.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    if "n_technical_incidents" not in names:
+        # A frame without incident counts: every technical decline is one (conservative
+        # for the bursts of an outage, which then look like separate incidents).
+        out = out.with_columns(pl.col("n_technical").alias("n_technical_incidents"))
+    if "n_just_under_cap" not in names:
+        out = out.with_columns(
+            (pl.col("just_under_cap_share").fill_null(0.0) * pl.col("n_cap"))
+            .round(0)
+            .cast(pl.Int64)
+            .alias("n_just_under_cap")
+        )
+    windowed = [pl.col(c).alias(a) for c, _d, a in window_sums(cfg) if a not in names]
+    if windowed:
+        out = out.with_columns(windowed)
+    base = [
+        pl.lit(0, dtype=pl.Int64).alias(f"{c}_base")
+        for c in MALFUNCTION_BASELINE
+        if f"{c}_base" not in names
+    ]
+    if base:
+        out = out.with_columns(base)
     # Signals a caller may not have computed (older frames, no telemetry): none seen.
     absent = [c for c in OPTIONAL_COUNTS if c not in names]
     if absent:
@@ -934,17 +1075,28 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
         checks = CHECKS[behaviour](config)
         if behaviour == "cash_out":
             c = config["cash_out"]
-            n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in checks])
-            fire = n_ind >= int(c["min_indicators"])
-            score = 1.0 - pl.lit(0.5).pow((n_ind - int(c["min_indicators"]) + 1).cast(pl.Float64))
+            # just_under_cap_week fires alone (thresholds.toml explains); the daily
+            # indicators need min_indicators of them on one day.
+            week = next(ch for ch in checks if ch.code == "just_under_cap_week")
+            daily = [ch for ch in checks if ch.code != "just_under_cap_week"]
+            n_ind = pl.sum_horizontal([ch.when.fill_null(False).cast(pl.Int32) for ch in daily])
+            week_on = week.when.fill_null(False)
+            fire = (n_ind >= int(c["min_indicators"])) | week_on
+            score = pl.max_horizontal(
+                1.0 - pl.lit(0.5).pow((n_ind - int(c["min_indicators"]) + 1).cast(pl.Float64)),
+                pl.when(week_on).then(week.score).otherwise(0.0),
+            )
             parts.append(behaviour_detections(day, behaviour, checks, fire, score))
         elif behaviour == "malfunction":
             c = config["malfunction"]
-            indicators = [ch for ch in checks if ch.code != "symptom_families"]
+            indicators = [
+                ch for ch in checks if ch.code not in ("symptom_families", "technical_jump")
+            ]
             n_ind = pl.sum_horizontal(
                 [ch.when.fill_null(False).cast(pl.Int32) for ch in indicators]
             )
             families = next(ch for ch in checks if ch.code == "symptom_families").when
+            jump = next(ch for ch in checks if ch.code == "technical_jump").when
             symptom_today = (
                 pl.col("n_technical")
                 + pl.col("n_reversal")
@@ -956,8 +1108,10 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
                 pl.col("decline_technical_rate") > float(c["technical_rate"])
             )
             fire = (
-                symptom_today & ((n_ind >= int(c["min_indicators"])) | families.fill_null(False))
-            ) | strong
+                (symptom_today & ((n_ind >= int(c["min_indicators"])) | families.fill_null(False)))
+                | strong
+                | jump.fill_null(False)
+            )
             parts.append(behaviour_detections(day, behaviour, checks, fire))
         else:
             parts.append(behaviour_detections(day, behaviour, checks))

@@ -71,11 +71,13 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "cap_amount",
     "n_cap",
     "n_technical",
+    "n_technical_incidents",
     "n_reversal",
     "n_stan_repeat",
     "n_stan_conflict",
     "n_implausible_time",
     "n_fallback",
+    "n_just_under_cap",
 )
 #: Lines either side of an implausibly-timed row searched for a neighbour of the run date.
 NEIGHBOUR_LINES = 20
@@ -497,6 +499,14 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
     w = int(config["malfunction"]["window_days"])
     sums = rules.MALFUNCTION_SYMPTOMS
     fb_sums = rules.FALLBACK_WINDOW_COUNTS
+    base = rules.MALFUNCTION_BASELINE
+    # Further windowed sums the rules declare: (column, days, output name).
+    extra = rules.window_sums(config)
+    if "n_technical_incidents" in history.columns:
+        # Days stored before the column existed: every technical decline an incident.
+        history = history.with_columns(
+            pl.col("n_technical_incidents").fill_null(pl.col("n_technical"))
+        )
     if history.height == 0 or as_of is None:
         hist = pl.DataFrame(
             schema={
@@ -507,6 +517,8 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
                 "days_seen_30d": pl.Int64,
                 **{f"_h_{c}": pl.Int64 for c in sums},
                 **{f"_h_{c}": pl.Int64 for c in fb_sums},
+                **{f"{c}_base": pl.Int64 for c in base},
+                **{f"_x_{a}": pl.Int64 for _c, _d, a in extra},
             }
         )
     else:
@@ -526,6 +538,16 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
             pl.len().cast(pl.Int64).alias("days_seen_30d"),
             *[pl.col(c).filter(window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in sums],
             *[pl.col(c).filter(fb_window).sum().cast(pl.Int64).alias(f"_h_{c}") for c in fb_sums],
+            # The terminal's own baseline: the stored days before the window.
+            *[pl.col(c).filter(~window).sum().cast(pl.Int64).alias(f"{c}_base") for c in base],
+            *[
+                pl.col(c)
+                .filter(pl.col("local_date") > pl.lit(as_of - timedelta(days=d)))
+                .sum()
+                .cast(pl.Int64)
+                .alias(f"_x_{a}")
+                for c, d, a in extra
+            ],
         )
     out = day.join(hist, on="terminal_id", how="left")
     has = pl.col("days_seen_30d").fill_null(0) > 0
@@ -542,8 +564,10 @@ def with_history(day: pl.DataFrame, history: pl.DataFrame, config: dict[str, Any
         .otherwise(0.0)
         .alias("cap_amount_vs_7d"),
         pl.col("days_seen_30d").fill_null(0),
+        *[pl.col(f"{c}_base").fill_null(0) for c in base],
         *[(pl.col(c) + pl.col(f"_h_{c}").fill_null(0)).alias(f"{c}_w") for c in sums + fb_sums],
-    ).drop([f"_h_{c}" for c in sums + fb_sums])
+        *[(pl.col(c) + pl.col(f"_x_{a}").fill_null(0)).alias(a) for c, _d, a in extra],
+    ).drop([f"_h_{c}" for c in sums + fb_sums] + [f"_x_{a}" for _c, _d, a in extra])
 
 
 def _flags_as_table(flags: pl.DataFrame) -> pl.DataFrame:

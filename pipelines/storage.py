@@ -37,3 +37,15 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table of :data:`features.schema.TABLES` that does not exist yet."""
     for table in TABLES:
         con.execute(ddl(table))
+    # A table created by an older version gains the columns added since (null in
+    # its old rows; readers treat those nulls, e.g. n_technical_incidents).
+    have = set(
+        con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema()"
+        ).fetchall()
+    )
+    for table, (cols, _key) in TABLES.items():
+        for c in cols:
+            if (table, c.name) not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {c.name} {c.duckdb_type}")

@@ -13,14 +13,27 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.daily import card_testing_windows, daily_cap_breaches, sequential_cards
+from features.daily import (
+    _card_rows,
+    _same_as_row_above,
+    cap_breaches_and_round_splits,
+    card_runs,
+    card_testing_windows,
+    daily_cap_breaches,
+    incrementing_cards,
+    round_splits,
+    sequential_cards,
+)
 from features.transactions import (
     cell_back_switch,
+    hop_km,
+    hop_speed_kmh,
     ip_back_switch,
     mcc_switch,
     serial_back_switch,
     serial_switch,
     stan_out_of_order,
+    with_hops,
 )
 from models.config import load_config
 
@@ -171,6 +184,139 @@ def test_daily_caps_equal_the_window_formulation(seed):
     got = daily_cap_breaches(df.lazy()).collect()
     assert 0 < want["over_same_card"].sum() < df.height
     assert got.equals(want)
+
+
+def _round_splits_over(lf: pl.LazyFrame, window_s: int, round_minor: int) -> pl.LazyFrame:
+    """The window formulation :func:`round_splits` replaced (one hash group per card)."""
+    keys = ["terminal_id", "local_date", "card_token", "cap_txn"]
+    eligible = (
+        pl.col("cap_txn") & pl.col("card_token").is_not_null() & pl.col("txn_time").is_not_null()
+    )
+    gap = (pl.col("txn_time") - pl.col("txn_time").shift(1).over(keys)).dt.total_seconds()
+    lf = lf.with_columns(
+        (gap > window_s).fill_null(True).cum_sum().over(keys).alias("_rs_session")
+    )
+    session = [*keys, "_rs_session"]
+    amount = pl.col("amount_minor")
+    split = (
+        eligible
+        & (pl.len().over(session) >= 2)
+        & (amount.sum().over(session) % round_minor == 0)
+        & ~(amount % round_minor == 0).all().over(session)
+    ).fill_null(False)
+    first = pl.int_range(pl.len()).over(session) == 0
+    return lf.with_columns(
+        split.alias("round_split"), (split & first).alias("round_split_start")
+    ).drop("_rs_session")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_splits_equal_the_window_formulation(seed):
+    rng = np.random.default_rng(seed)
+    df = rows(seed)
+    # Missing times and amounts in the middle of a card's sales break / join sessions.
+    df = df.with_columns(
+        df["txn_time"].set(pl.Series(rng.random(df.height) < 0.03), None),
+        df["amount_minor"].set(pl.Series(rng.random(df.height) < 0.03), None),
+    )
+    # A 2-hour window: sessions of several sales, some spanning a row without a time.
+    got = round_splits(df.lazy(), 7200, 2000).collect()
+    want = _round_splits_over(df.lazy(), 7200, 2000).collect()
+    assert 0 < want["round_split_start"].sum() < want["round_split"].sum() < df.height
+    assert got.equals(want)
+    # Both per-card signals from one sort of the card sales: as one after the other.
+    both = cap_breaches_and_round_splits(df.lazy(), 7200, 2000).collect()
+    assert both.equals(round_splits(daily_cap_breaches(df.lazy()), 7200, 2000).collect())
+
+
+def _incrementing_grouped(lf: pl.LazyFrame, cfg) -> pl.LazyFrame:
+    """The formulation :func:`incrementing_cards` replaced (a group-by and a string semi join)."""
+    keys = ["_term", "local_date", "card_bin"]
+    lf = lf.with_row_index("_inc_row")
+    rows = _card_rows(lf, "_inc_row").filter(
+        pl.col("card_bin").is_not_null()
+        & pl.col("l4").is_not_null()
+        & pl.col("txn_time").is_not_null()
+    )
+    cards = (
+        rows.group_by(*keys, "card_last4")
+        .agg(pl.col("l4").first(), pl.col("txn_time").min().alias("first_t"))
+        .sort(*keys, "first_t", "l4")
+    )
+    same = _same_as_row_above(keys, 1)
+    step = pl.col("l4") - pl.col("l4").shift(1)
+    dt = pl.col("first_t").dt.epoch("s") - pl.col("first_t").dt.epoch("s").shift(1)
+    linked = (
+        same & (step >= 1) & (step <= int(cfg["max_last4_step"])) & (dt <= int(cfg["window_s"]))
+    ).fill_null(False)
+    in_run = (
+        cards.with_columns((~linked).cum_sum().alias("_run"))
+        .filter(pl.len().over("_run") >= int(cfg["min_incrementing_run"]))
+        .select(*keys, "card_last4")
+    )
+    hits = rows.join(in_run, on=[*keys, "card_last4"], how="semi").select(
+        "_inc_row", pl.lit(True).alias("incrementing_card")
+    )
+    out = lf.join(hits, on="_inc_row", how="left", maintain_order="left")
+    return out.with_columns(pl.col("incrementing_card").fill_null(False)).drop("_inc_row")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_card_runs_equal_the_grouped_formulations(seed):
+    rng = np.random.default_rng(seed)
+    # Distinct first-use times per card (the old sort left ties in group-by order),
+    # some missing; last4 values rising by 2 with a few non-numeric or missing.
+    df = rows(seed).with_columns(
+        pl.Series(
+            "card_last4",
+            rng.choice(np.array([f"{x:04d}" for x in range(1, 40, 2)] + ["abcd", None]), 3000),
+        )
+    )
+    df = df.with_columns(
+        (pl.col("txn_time") + pl.duration(seconds=pl.int_range(pl.len()))).alias("txn_time")
+    )
+    df = df.with_columns(df["txn_time"].set(pl.Series(rng.random(df.height) < 0.03), None))
+    cfg = {
+        **CFG["card_testing"],
+        "max_last4_gap": 2,
+        "max_last4_step": 4,
+        "min_incrementing_run": 3,
+        "window_s": 86400,
+    }
+    seq = _sequential_over(df.lazy(), cfg).collect()
+    inc = _incrementing_grouped(df.lazy(), cfg).collect()
+    assert 0 < inc["incrementing_card"].sum() < df.height
+    assert sequential_cards(df.lazy(), cfg).collect().equals(seq)
+    assert incrementing_cards(df.lazy(), cfg).collect().equals(inc)
+    both = card_runs(df.lazy(), cfg).collect()
+    assert both.equals(seq.with_columns(inc["incrementing_card"]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kernel_hops_equal_the_device_windows(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    df = rows(seed)
+    n = df.height
+    lat = pl.Series(31.0 + rng.random(n)).set(pl.Series(rng.random(n) < 0.2), None)
+    df = df.with_columns(
+        lat.alias("terminal_lat"),
+        pl.Series(121.0 + rng.random(n))
+        .set(pl.Series(rng.random(n) < 0.1), None)
+        .alias("terminal_lon"),
+        # located rows without a time: the window skips them when looking for a time
+        df["txn_time"].set(pl.Series(rng.random(n) < 0.05), None),
+    )
+    got = with_hops(df)
+    want = df.with_columns(hop_km()).with_columns(hop_speed_kmh())
+    assert want["hop_speed_kmh"].is_not_null().sum() > n // 2
+    assert want["device_serial"].null_count() > 0  # serial-less rows are one "device"
+    assert got.equals(want)
+    assert with_hops(df.head(0)).equals(want.head(0))
+    # Every serial hashing alike (a collision): the pointers fail the check, windows are used.
+    monkeypatch.setattr(
+        "features.transactions._value_codes", lambda v: np.zeros(len(v), dtype=np.int64)
+    )
+    assert with_hops(df).equals(want)
 
 
 def test_card_testing_windows_equal_the_grouped_formulation():

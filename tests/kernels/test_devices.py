@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.devices import device_interleaving
+from kernels.devices import device_interleaving, previous_flagged
 from tests.kernels import reference as ref
 from tests.kernels.strategies import codes, scale, sorted_rows, windows
 
@@ -63,3 +63,26 @@ def test_empty_single_unknown_and_unsorted():
         device_interleaving([0, 0, 0], [1, 3, 2], [1, 2, 1], 60)
     with pytest.raises(ValueError, match="lengths"):
         device_interleaving([0, 0], [1, 2], [1], 60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows_with_devices(), st.randoms(use_true_random=False))
+def test_previous_flagged_matches_a_scan(rows, rnd):
+    group, _, device, _ = rows
+    flag = np.array([rnd.random() < 0.6 for _ in group], dtype=np.bool_)
+    got = previous_flagged(group, device, flag)
+    want = [
+        max(
+            (j for j in range(i) if group[j] == group[i] and device[j] == device[i] and flag[j]),
+            default=-1,
+        )
+        for i in range(len(group))
+    ]
+    assert got.tolist() == want
+
+
+def test_previous_flagged_rejects_unsorted_groups_and_non_boolean_flags():
+    with pytest.raises(ValueError, match="row 2 has group 0 after group 1"):
+        previous_flagged([0, 1, 0], [1, 1, 1], np.array([True, True, True]))
+    with pytest.raises(TypeError, match="flag must be a 1-D boolean array"):
+        previous_flagged([0, 0], [1, 1], [1, 0])
