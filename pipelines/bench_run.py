@@ -25,6 +25,7 @@ import tempfile
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import polars as pl
@@ -176,29 +177,109 @@ def build_db(path: Path, rows_per_day: int, n_terminals: int, days: int) -> date
     return START + timedelta(days=days - 1)
 
 
+def _vmrss_mib() -> float:
+    """Current resident memory of this process in MiB (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class RssSampler:
+    """Background thread reading VmRSS every ``interval_s``: the peak per step, and where.
+
+    The step of a sample is the function of ``pipelines/detect.py`` called by
+    ``_run_one`` that the main thread is in (e.g. ``_detect_partitioned``,
+    ``_leakage``); ``where`` is the project's part of the main thread's stack
+    (file:line function) at the run's highest sample. The RSS after each step
+    (``counts``) misses what a step frees before it returns; this does not.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        import threading
+
+        self.interval_s = float(interval_s)
+        self.peaks: dict[str, float] = {}
+        self.peak = 0.0
+        self.where: list[str] = []
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _stack(self) -> list[tuple[str, int, str]]:
+        frame = sys._current_frames().get(self._main)
+        out = []
+        while frame is not None:
+            code = frame.f_code
+            out.append((code.co_filename, frame.f_lineno, code.co_name))
+            frame = frame.f_back
+        return out[::-1]  # outermost first
+
+    def _loop(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        while not self._stop.wait(self.interval_s):
+            rss = _vmrss_mib()
+            stack = self._stack()
+            step = "other"
+            for k, (_f, _l, name) in enumerate(stack[:-1]):
+                if name == "_run_one":
+                    step = stack[k + 1][2]
+                    break
+            if rss > self.peaks.get(step, 0.0):
+                self.peaks[step] = rss
+            if rss > self.peak:
+                self.peak = rss
+                self.where = [
+                    f"{Path(f).relative_to(root)}:{ln} {name}"
+                    for f, ln, name in stack
+                    if f.startswith(root) and "/.venv/" not in f
+                ]
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _measure(db: str, day: str) -> None:
     """Child process: one timed run, printed as JSON (time, peak RSS, counts)."""
     import resource
 
-    from pipelines.detect import run_detection, run_workers
+    from pipelines.detect import _rss_mib, run_detection, run_workers
     from pipelines.settings import Settings
 
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day))
+    with RssSampler() as sampler:
+        res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    # This process's own peak (VmHWM). Not ru_maxrss: Linux carries the parent's
+    # ru_maxrss over fork + exec, so it reported the generator's peak (issue 4: "7.2 GiB").
+    rss = _rss_mib()[1]
     # Worker processes of the per-terminal step (pipelines.detect.run_workers): their CPU
     # time, and the largest peak of one of them (the peaks of the main process and of
-    # the workers need not coincide: their sum bounds the run's peak from above).
+    # the workers need not coincide: their sum bounds the run's peak from above). The
+    # same inheritance applies: a worker's figure is at least this process's RSS when it
+    # spawned the worker, so it is an upper bound.
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = {
         "wall_s": wall,
         "cpu_s": cpu + kids.ru_utime + kids.ru_stime,
         "workers_cpu_s": kids.ru_utime + kids.ru_stime,
         "peak_rss_mib": rss,
-        "worker_peak_rss_mib": kids.ru_maxrss / 1024,
+        # With one worker there is no worker process; ru_maxrss of the children is then
+        # that of `git` (pipelines.version.code_version), inherited from this process.
+        "worker_peak_rss_mib": kids.ru_maxrss / 1024 if run_workers() > 1 else 0.0,
         "workers": run_workers(),
         "counts": res.counts,
+        "sampled_peak_rss_mib": {k: round(v) for k, v in sampler.peaks.items()},
+        "sampled_peak_where": sampler.where,
     }
     print(json.dumps(out, default=str))
 
@@ -252,6 +333,8 @@ def run(args: argparse.Namespace, settings) -> int:
         "workers": one["workers"],
         "workers_cpu_s": round(one["workers_cpu_s"], 2),
         "rss_mib": {k: v for k, v in one["counts"].items() if k.endswith("_mib")},
+        "sampled_peak_rss_mib": one["sampled_peak_rss_mib"],
+        "sampled_peak_where": one["sampled_peak_where"],
         "rows_per_s": round(n / one["wall_s"]),
         "stages_s": stages,
     }
@@ -260,9 +343,15 @@ def run(args: argparse.Namespace, settings) -> int:
         f"{one['wall_s']:.1f} s ({one['cpu_s']:.1f} s CPU, of which "
         f"{one['workers_cpu_s']:.1f} s in {one['workers']} worker processes), "
         f"peak RSS {one['peak_rss_mib']:.0f} MiB (+ {one['worker_peak_rss_mib']:.0f} MiB "
-        "per worker at most), load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+        "per worker at most, an upper bound), load average "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     print("  " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in stages.items()))
+    print(
+        "  peak RSS sampled every 50 ms, by step: "
+        + ", ".join(f"{k} {v} MiB" for k, v in one["sampled_peak_rss_mib"].items())
+    )
+    print("  highest sample in: " + " > ".join(one["sampled_peak_where"]))
     if not args.skip_history:
         hn = int(args.history_rows or max(n // 20, 1000))
         ht = max(hn // 50, 100)

@@ -684,16 +684,25 @@ def _leakage(con, as_of: date, config: dict[str, Any]) -> tuple[pl.DataFrame, pl
 
 
 def _rss_mib() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MiB (Linux ``/proc``; else peak only)."""
+    """(current, peak) resident memory of this process in MiB (Linux ``/proc``; else peak only).
+
+    The peak is ``VmHWM``, not ``getrusage``'s ``ru_maxrss``: Linux carries a
+    parent's ``ru_maxrss`` over fork + exec into the child, so a run started by a
+    big process (e.g. ``trialguard bench run`` after generating 10 M rows)
+    reported the parent's peak as its own (issue 4: 7.2 GiB, really 2.4 GiB).
+    """
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    found: dict[str, float] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024, peak
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line[:5]] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return peak, peak
+    if "VmRSS" not in found:
+        return peak, peak
+    return found["VmRSS"], found.get("VmHWM", peak)
 
 
 def run_workers() -> int:

@@ -87,3 +87,37 @@ def test_partitioned_run_equals_one_pass(tmp_path, monkeypatch):
         cols = [c for c in a.flags.columns if c != "run_id"]
         assert a.flags.select(cols).sort("flag_id").equals(b.flags.select(cols).sort("flag_id"))
     assert one[-1].flags.height >= 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_peak_rss_is_the_run_process_own_not_its_parent(tmp_path):
+    # Issue 4: `bench run` generated 10 M rows, then measured the run in a child whose
+    # ru_maxrss carried the generator's peak over fork + exec. A parent touches 600 MiB,
+    # frees it, then starts a child: the child's peak must be its own.
+    import subprocess
+    import sys
+
+    child = (
+        "import resource; from pipelines.detect import _rss_mib; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, _rss_mib()[1])"
+    )
+    parent = (
+        "import subprocess, sys\n"
+        "x = b'x' * (600 * 2**20)\n"
+        "del x\n"
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True,"
+        " text=True, check=True).stdout)\n"
+    )
+    root = str(Path(detect.__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", parent],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root},
+    ).stdout.split()
+    inherited, own = float(out[0]), float(out[1])
+    if inherited < 600:
+        pytest.skip(f"this kernel does not carry ru_maxrss over exec ({inherited} MiB)")
+    assert own < 500, f"child peak {own} MiB includes its parent's 600 MiB"
