@@ -90,7 +90,7 @@ def test_gate_passes_good_rows_and_records_a_failure_with_details(tmp_path):
     try:
         attach_staging(con, settings.db_path)
         con.execute(
-            f"CREATE TABLE {STAGE} AS SELECT *, CAST(NULL AS VARCHAR) AS _reason, "
+            f"CREATE TABLE {STAGE} AS SELECT *, line_no AS _line, CAST(NULL AS VARCHAR) AS _reason, "
             "false AS _dup FROM transactions"
         )
         con.execute(f"UPDATE {STAGE} SET txn_type = 'PURCHASE' WHERE txn_id = 'T000001'")
