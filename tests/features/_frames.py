@@ -89,3 +89,16 @@ def txns(n=10, terminal_id="T0000001", step_s=600, start=T0, **overrides) -> pl.
             row[k] = v[i] if isinstance(v, list) else v
         rows.append(row)
     return pl.DataFrame(rows, schema=TXN_SCHEMA)
+
+
+def terminal_day_of(txns_frame: pl.DataFrame, config: dict) -> pl.DataFrame:
+    """The terminal-day rows the rules see for ``txns_frame`` (registry and policy defaults)."""
+    from features.daily import terminal_day
+    from features.policy import policy_frame
+    from features.transactions import enrich_transactions
+
+    reg = registry([*txns_frame.get_column("terminal_id").unique()])
+    pol = policy_frame({}, config["default_policy"])
+    lf = enrich_transactions(txns_frame.lazy(), reg.lazy(), pol, config)
+    day = terminal_day(lf, config).collect()
+    return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))

@@ -24,10 +24,7 @@ CFG = load_config()
 
 
 def _day(txns: pl.DataFrame) -> pl.DataFrame:
-    reg = F.registry([*txns.get_column("terminal_id").unique()])
-    pol = policy_frame({}, CFG["default_policy"])
-    day = terminal_day(enrich_transactions(txns.lazy(), reg.lazy(), pol, CFG), CFG).collect()
-    return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    return F.terminal_day_of(txns, CFG)
 
 
 def _clone_reasons(txns: pl.DataFrame) -> list[str]:

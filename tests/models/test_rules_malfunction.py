@@ -9,9 +9,6 @@ import polars as pl
 import pytest
 from scipy.stats import poisson
 
-from features.daily import terminal_day
-from features.policy import policy_frame
-from features.transactions import enrich_transactions
 from models.config import load_config
 from models.rules import detect, poisson_surprise
 
@@ -24,10 +21,7 @@ CFG = load_config()
 
 
 def _day(txns: pl.DataFrame) -> pl.DataFrame:
-    reg = F.registry([*txns.get_column("terminal_id").unique()])
-    pol = policy_frame({}, CFG["default_policy"])
-    day = terminal_day(enrich_transactions(txns.lazy(), reg.lazy(), pol, CFG), CFG).collect()
-    return day.with_columns(pl.lit(0, dtype=pl.Int64).alias("n_implausible_time"))
+    return F.terminal_day_of(txns, CFG)
 
 
 def _codes(day: pl.DataFrame) -> list[str]:
