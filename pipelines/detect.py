@@ -19,6 +19,7 @@ of earlier days of the same :func:`run_range` are kept in memory instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -757,6 +758,21 @@ def _detect_spilled(
     )
 
 
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the processes started inside the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _only(df: pl.DataFrame | None, terminals: pl.Series) -> pl.DataFrame | None:
     """Rows of ``df`` about the given terminals (``None`` / frames without terminal_id kept)."""
     if df is None or "terminal_id" not in df.columns:
@@ -810,7 +826,13 @@ def _detect_partitioned(
         workers = min(run_workers(), len(paths))
         if workers > 1:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            # each worker gets its share of the cores for polars (read when it starts):
+            # two workers with every core each oversubscribed the machine
+            threads = str(max(1, (os.cpu_count() or 1) // workers))
+            with (
+                _environ(POLARS_MAX_THREADS=threads),
+                ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+            ):
                 futures = [pool.submit(_detect_spilled, *args(p)) for p in paths]
                 results = [f.result() for f in futures]
         else:
@@ -869,7 +891,9 @@ def _run_one(
         n_day = con.execute(
             "SELECT count(*) FROM transactions WHERE local_date = ?", [as_of]
         ).fetchall()[0][0]
-        parts = max(1, -(-int(n_day) // PARTITION_ROWS))
+        # with several workers each holds one partition: smaller ones keep the rows
+        # in flight (and so the process tree's memory) about the same
+        parts = max(1, -(-int(n_day) // (PARTITION_ROWS // run_workers())))
         registry = read_registry(con, as_of)
         telemetry = read_telemetry(con, as_of, registry, config)
         implausible = read_implausible(con, as_of, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import polars as pl
@@ -76,7 +77,8 @@ def test_run_workers_setting(monkeypatch):
 def test_partitioned_run_equals_one_pass(tmp_path, monkeypatch):
     store = T.build_store(tmp_path / "s.duckdb")
     one = detect.run_range(store, T.F.DAY, T.DAY2, persist=False)
-    monkeypatch.setattr(detect, "PARTITION_ROWS", 50)  # 360 rows a day -> 8 partitions
+    # 360 rows a day, partitions of 100 // 2 workers = 50 rows -> 8 partitions
+    monkeypatch.setattr(detect, "PARTITION_ROWS", 100)
     monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "2")  # spilled, two worker processes
     many = detect.run_range(store, T.F.DAY, T.DAY2, persist=False)
     for a, b in zip(one, many, strict=True):
@@ -121,3 +123,13 @@ def test_peak_rss_is_the_run_process_own_not_its_parent(tmp_path):
     if inherited < 600:
         pytest.skip(f"this kernel does not carry ru_maxrss over exec ({inherited} MiB)")
     assert own < 500, f"child peak {own} MiB includes its parent's 600 MiB"
+
+
+def test_worker_environment_is_set_inside_the_block_and_restored(monkeypatch):
+    monkeypatch.setenv("POLARS_MAX_THREADS", "7")
+    monkeypatch.delenv("TG_UNSET_FOR_TEST", raising=False)
+    with detect._environ(POLARS_MAX_THREADS="1", TG_UNSET_FOR_TEST="x"):
+        assert os.environ["POLARS_MAX_THREADS"] == "1"
+        assert os.environ["TG_UNSET_FOR_TEST"] == "x"
+    assert os.environ["POLARS_MAX_THREADS"] == "7"
+    assert "TG_UNSET_FOR_TEST" not in os.environ
