@@ -256,6 +256,41 @@ def sniff(path: str | Path) -> FileInfo:
     return FileInfo(path, sha.hexdigest(), size, fmt, "gzip" if gz else None, encoding, simple)
 
 
+def guess_csv(path: str | Path) -> FileInfo | None:
+    """What :func:`sniff` will most likely find for a CSV, from its first 64 KiB only.
+
+    Returns the guess (no ``file_id``, ``simple_lines`` assumed) for a plain or
+    gzip CSV whose beginning is UTF-8 (with or without BOM); ``None`` when it is
+    anything else or cannot be read. The ingest stages such a file while
+    :func:`sniff` hashes and scans it, then compares the guess with the real
+    answer (and stages again if they differ).
+    """
+    path = Path(path)
+    claimed, named_gz = claimed_format(path)
+    if claimed not in (None, "csv"):
+        return None
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(1 << 16)
+        gz = raw.startswith(GZIP_MAGIC)
+        if named_gz and not gz:
+            return None
+        head = zlib.decompressobj(wbits=47).decompress(raw, 1 << 16) if gz else raw
+    except (OSError, zlib.error):
+        return None
+    if not head.strip(codecs.BOM_UTF8 + b" \r\n\t") or _content_format(head) != "csv":
+        return None
+    if head.startswith(codecs.BOM_UTF8):
+        encoding = "utf-8-sig"
+    else:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head)  # a cut character is fine
+        except UnicodeDecodeError:
+            return None
+        encoding = "utf-8"
+    return FileInfo(path, "", 0, "csv", "gzip" if gz else None, encoding, True)
+
+
 def _decodes(path: Path, gz: bool, encoding: str) -> bool:
     decoder = codecs.getincrementaldecoder(encoding)()
     opener = gzip.open if gz else open
@@ -390,12 +425,16 @@ def _finish_csv(con, info: FileInfo, relation: str, names: list[str]) -> list[st
         cols += f", {RN_COLUMN}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {SOURCE_VIEW} AS SELECT {cols} FROM {relation}")
     if not info.simple_lines:
-        import pyarrow as pa
-
-        starts = csv_line_starts(info)
-        lines = pa.table({"_rn": list(range(1, len(starts) + 1)), "_start": starts})
-        con.register("_tg_lines", lines)
+        register_line_starts(con, info)
     return names
+
+
+def register_line_starts(con: duckdb.DuckDBPyConnection, info: FileInfo) -> None:
+    """Register ``_tg_lines`` (``_rn``: record number, ``_start``: its physical line)."""
+    import pyarrow as pa
+
+    starts = csv_line_starts(info)
+    con.register("_tg_lines", pa.table({"_rn": list(range(1, len(starts) + 1)), "_start": starts}))
 
 
 @dataclass(frozen=True)
