@@ -199,8 +199,7 @@ def _card_runs(
         )
     names = [f.meta.output_name() for f in flags]
     hits = hit.select("_card_row", *flags).filter(pl.any_horizontal(names))
-    out = lf.join(hits, on="_card_row", how="left", maintain_order="left")
-    return out.with_columns(pl.col(names).fill_null(False)).drop("_card_row")
+    return _join_hits(lf, hits, "_card_row")
 
 
 def _sequential_run_cards(cards: pl.LazyFrame, cfg: dict[str, Any]) -> pl.LazyFrame:
@@ -324,10 +323,20 @@ _CARD_DAY = ["_term", "local_date", "card_token"]
 
 
 def _join_hits(lf: pl.LazyFrame, hits: pl.LazyFrame, row: str, drop: bool = True) -> pl.LazyFrame:
-    """Boolean columns of ``hits`` (rows by ``row``) onto ``lf``; False where absent."""
-    names = [c for c in hits.collect_schema().names() if c != row]
-    out = lf.join(hits, on=row, how="left", maintain_order="left").with_columns(
-        pl.col(names).fill_null(False)
+    """Boolean columns of ``hits`` (rows by ``row``) onto ``lf``; False where absent.
+
+    ``hits`` is small (the rows where a flag holds), ``lf`` wide: each flag is set by
+    looking ``row`` up in the hit rows where it is true instead of joining the wide
+    rows (a left join gathered every column of ``lf``: issue 4). Same result as the
+    left join with nulls filled by False, provided ``row`` is unique in ``hits``.
+    """
+    hit = hits.collect(engine="in-memory")
+    names = [c for c in hit.columns if c != row]
+    out = lf.with_columns(
+        pl.col(row)
+        .is_in(hit.filter(pl.col(name).fill_null(False)).get_column(row).implode())
+        .alias(name)
+        for name in names
     )
     return out.drop(row) if drop else out
 
@@ -689,6 +698,31 @@ def _in_memory(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.collect(engine="in-memory").lazy()
 
 
+def _agg_terminal_days(lf: pl.LazyFrame, *aggs: pl.Expr) -> pl.LazyFrame:
+    """``lf.group_by("terminal_id", "local_date").agg(*aggs)``, on an integer run id if it can.
+
+    Rows sorted by terminal and time have each (terminal, day) as one run of rows
+    (unless a terminal's days interleave, e.g. rows without a time sorted first):
+    grouping by the run id (a sorted integer) instead of the two string keys halves
+    the CPU of the ~120 aggregations (issue 4). The run id is used only when it
+    numbers exactly the distinct (terminal, day) pairs; otherwise the string keys
+    are. The aggregates are the same either way (rows keep their order within a
+    group); the output rows come in run order instead of an arbitrary order.
+    """
+    df = lf.collect(engine="in-memory")
+    key = pl.struct("terminal_id", "local_date")
+    run = df.select(key.rle_id().alias("_tg_td")).to_series()
+    if df.height == 0 or int(run.max()) + 1 != df.select(key.n_unique()).item():
+        return df.lazy().group_by("terminal_id", "local_date").agg(*aggs)
+    return (
+        df.with_columns(run.set_sorted())
+        .lazy()
+        .group_by("_tg_td", maintain_order=True)
+        .agg(pl.col("terminal_id").first(), pl.col("local_date").first(), *aggs)
+        .drop("_tg_td")
+    )
+
+
 def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
     """One row per (terminal_id, local_date): attributes, aggregates, details and evidence.
 
@@ -738,7 +772,8 @@ def terminal_day(enriched: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame
         for b in EVIDENCE_BEHAVIOURS
     ]
     details = [e for e in _detail_expressions() if e.meta.output_name() != "registered_mcc"]
-    return lf.group_by("terminal_id", "local_date").agg(
+    return _agg_terminal_days(
+        lf,
         *attrs,
         *aggregate_expressions(),
         *device_expressions(),

@@ -124,14 +124,43 @@ def dense_codes(values: np.ndarray, missing: bool = False) -> tuple[np.ndarray, 
     if hi - lo <= _DENSE_RANGE_FACTOR * n + 1024:
         codes = values - lo
         k = hi - lo + 1
-    else:
-        uniq, inverse = np.unique(present, return_inverse=True)
-        k = uniq.size
         if missing:
-            codes = np.full(n, -1, dtype=np.int64)
-            codes[known] = inverse
-        else:
-            codes = inverse.astype(np.int64, copy=False)
-    if missing:
-        codes = np.where(known, codes, -1)
-    return np.ascontiguousarray(codes, dtype=np.int64), k
+            codes = np.where(known, codes, -1)
+        return np.ascontiguousarray(codes, dtype=np.int64), k
+    # Wide values (e.g. 64-bit hashes): one pass through a hash table, codes in order
+    # of first appearance (np.unique sorted them: about twice the CPU on a million
+    # hashes; issue 4, `trialguard bench kernels --only dense_codes`). The table has
+    # >= 2n slots of 16 bytes (16 MiB for a 500k-row partition).
+    vals = np.ascontiguousarray(values, dtype=np.int64)
+    flags = np.ones(n, dtype=np.bool_) if known is None else np.ascontiguousarray(known)
+    codes = np.empty(n, dtype=np.int64)
+    k = _first_seen_codes(vals, flags, max(4, int(2 * n - 1).bit_length()), codes)
+    return codes, int(k)
+
+
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+
+
+@jit
+def _first_seen_codes(values, known, bits, out):
+    # Open addressing with linear probing in a table of 2**bits >= 2n slots.
+    size = 1 << bits
+    mask = size - 1
+    shift = np.uint64(64 - bits)
+    keys = np.empty(size, dtype=np.int64)
+    slot_code = np.full(size, -1, dtype=np.int64)
+    k = 0
+    for i in range(values.shape[0]):
+        if not known[i]:
+            out[i] = -1
+            continue
+        v = values[i]
+        h = np.int64((np.uint64(v) * _HASH_MULT) >> shift)
+        while slot_code[h] >= 0 and keys[h] != v:
+            h = (h + 1) & mask
+        if slot_code[h] < 0:
+            keys[h] = v
+            slot_code[h] = k
+            k += 1
+        out[i] = slot_code[h]
+    return k

@@ -19,6 +19,7 @@ import polars as pl
 
 from kernels import cards, devices, forest, geo, stan, windows
 from kernels import stan_chains as stan_chains_kernel
+from kernels._checks import dense_codes
 from kernels.stan_chains import STAN_MODULUS
 
 WINDOW_S = 600
@@ -270,9 +271,23 @@ def _equal(a, b) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def numpy_first_seen_codes(values: np.ndarray) -> np.ndarray:
+    """Codes 0..k-1 in order of first appearance, by ``np.unique`` (sort-based)."""
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse]
+
+
 def _cases(r) -> dict[str, tuple[Callable, list[tuple[str, Callable]]]]:
     g, t = r["group"], r["t"]
+    # wide values, as the features pass them: 64-bit hashes of the card codes
+    hashed = (pl.Series(r["card"]).hash() // 2).cast(pl.Int64).to_numpy()
     return {
+        "dense_codes": (
+            lambda: dense_codes(hashed)[0],
+            [("numpy unique + first-seen order", lambda: numpy_first_seen_codes(hashed))],
+        ),
         "distance_km": (
             lambda: geo.distance_km(
                 r["lat"], r["lon"], np.roll(r["lat"], 1), np.roll(r["lon"], 1)

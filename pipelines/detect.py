@@ -157,7 +157,8 @@ def read_day_transactions(
 ) -> pl.DataFrame:
     """Transactions of local day ``as_of`` with the original a refund refers to.
 
-    Originals are looked up among the ``lookback_days`` days before ``as_of``
+    The columns :func:`detect_partition` reads (see :func:`_day_sql`). Originals
+    are looked up among the ``lookback_days`` days before ``as_of``
     only, so the lookup does not scan the whole history. ``partition=(i, n)``
     reads only the terminals of partition ``i`` of ``n`` (by a hash of
     ``terminal_id``): every row of a terminal is in the same partition.
@@ -179,18 +180,37 @@ def _partition_sql(parts: int) -> str:
     return f"hash(terminal_id) % {int(parts)}"
 
 
+#: Stored transaction columns the per-terminal step does not read (:func:`detect_partition`
+#: needs neither them nor ``original_txn_id``, which only serves the refund lookup): left
+#: out of the day's rows so they are not converted, spilled, reloaded and sorted (issue 4).
+UNREAD_DAY_COLUMNS: tuple[str, ...] = (
+    "extra",
+    "currency",
+    "card_country",
+    "pin_entered",
+    "rrn",
+    "line_no",
+)
+
+
 def _day_sql(where: str = "") -> str:
-    """The day's transactions with the refund lookup; params: day, lookback start, day."""
+    """The day's transactions with the refund lookup; params: day, lookback start, day.
+
+    Every stored column but :data:`UNREAD_DAY_COLUMNS` and ``original_txn_id``, plus
+    ``orig_terminal_id``, ``orig_card_token`` and ``orig_amount_minor`` of the original
+    a refund refers to.
+    """
+    unread = ", ".join(UNREAD_DAY_COLUMNS)
     return f"""
         WITH day AS NOT MATERIALIZED (
-            SELECT * EXCLUDE (extra) FROM transactions WHERE local_date = ?{where}
+            SELECT * EXCLUDE ({unread}) FROM transactions WHERE local_date = ?{where}
         ),
         orig AS (
             SELECT txn_id, terminal_id, card_token, amount_minor FROM transactions
             WHERE local_date BETWEEN ? AND ?
               AND txn_id IN (SELECT original_txn_id FROM day WHERE original_txn_id IS NOT NULL)
         )
-        SELECT day.*,
+        SELECT day.* EXCLUDE (original_txn_id),
                orig.terminal_id AS orig_terminal_id,
                orig.card_token AS orig_card_token,
                orig.amount_minor AS orig_amount_minor

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from features.daily import (
+    _agg_terminal_days,
     _card_rows,
     _same_as_row_above,
     cap_breaches_and_round_splits,
@@ -351,3 +352,35 @@ def test_rows_fixture_is_sorted_and_spans_two_days():
     df = rows(0)
     assert df.equals(df.sort("terminal_id", "txn_time", maintain_order=True))
     assert df["local_date"].unique().to_list() == [date(2026, 3, 1), date(2026, 3, 2)]
+
+
+def _day_aggs() -> list[pl.Expr]:
+    # order-dependent aggregations (first, head, cumulative) and null-sensitive ones
+    return [
+        pl.col("txn_time").first().alias("first_t"),
+        pl.col("card_token").head(3).alias("cards"),
+        pl.col("amount_minor").cum_sum().last().alias("total"),
+        pl.col("stan").drop_nulls().first().alias("stan"),
+        pl.col("card_token").n_unique().alias("n_cards"),
+        pl.len().alias("n"),
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_terminal_day_groups_by_run_equal_the_string_keys(seed):
+    df = rows(seed)
+    got = _agg_terminal_days(df.lazy(), *_day_aggs()).collect()
+    want = df.group_by("terminal_id", "local_date").agg(*_day_aggs())
+    assert got.columns == want.columns
+    assert got.equals(want.sort("terminal_id", "local_date"))  # and in run order
+
+
+def test_terminal_day_groups_with_interleaved_days_fall_back_to_the_string_keys():
+    # a terminal's days interleave (rows without a time sorted first): runs are not groups
+    df = rows(4)
+    df = pl.concat([df.filter(pl.col("local_date") == pl.col("local_date").max()).head(5), df])
+    got = _agg_terminal_days(df.lazy(), *_day_aggs()).collect()
+    want = df.group_by("terminal_id", "local_date").agg(*_day_aggs())
+    key = ["terminal_id", "local_date"]
+    assert got.sort(key).equals(want.sort(key))
+    assert got.height == df.select(pl.struct(key).n_unique()).item()

@@ -41,3 +41,43 @@ def test_check_sorted_names_the_row():
     check_sorted(np.array([0, 0, 1]), np.array([5, 5, 0]), "k")
     with pytest.raises(ValueError, match=r"k: .*row 2 \(group 0, t 1\)"):
         check_sorted(np.array([0, 0, 0]), np.array([5, 5, 1]), "k")
+
+
+def _first_seen_reference(values: np.ndarray, missing: bool) -> tuple[np.ndarray, int]:
+    """Slow obvious reference: a dict from value to code, codes in order of first appearance."""
+    seen: dict[int, int] = {}
+    out = []
+    for v in values.tolist():
+        if missing and v == -1:
+            out.append(-1)
+        else:
+            out.append(seen.setdefault(v, len(seen)))
+    return np.array(out, dtype=np.int64), len(seen)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=12),
+    st.lists(st.integers(0, 11), min_size=0, max_size=400),
+    st.booleans(),
+)
+def test_wide_dense_codes_equal_the_first_seen_reference(pool, picks, missing):
+    # Wide values (hash table path) drawn from a small pool: many repeats, extremes of
+    # int64 included, and -1 as missing when ``missing``.
+    values = np.array([pool[i % len(pool)] for i in picks] + [2**62, -(2**62)], dtype=np.int64)
+    codes, k = dense_codes(values, missing=missing)
+    want, want_k = _first_seen_reference(values, missing)
+    np.testing.assert_array_equal(codes, want)
+    assert k == want_k
+
+
+def test_wide_dense_codes_on_many_rows_equal_a_sort_based_coding():
+    rng = np.random.default_rng(3)
+    values = rng.integers(-(2**63), 2**63 - 1, 50_000, dtype=np.int64)
+    values = values[rng.integers(0, 50_000, 200_000)]  # repeats: ~43k distinct of 200k rows
+    codes, k = dense_codes(values)
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    np.testing.assert_array_equal(codes, rank[inverse])
+    assert k == first.size
