@@ -11,21 +11,20 @@ The method is the acquirer specification of the domain reference (§2.1):
 3. Per terminal ``t``, over its compromise period: ``k_t`` distinct F-cards seen in
    their windows, ``n_t`` distinct cards seen at ``t``, base rate ``p`` = F-cards with
    an exposure visit anywhere / all cards active anywhere, both over the same days
-   (the patent's "fraction on dates D"). The period is the window between two days
-   on which F-cards visited ``t`` with the smallest binomial tail: a week-long
-   compromise at a busy terminal is then not diluted by a month of normal trading,
-   and F-cards spread evenly over the month give the month (no gain). Terminals
-   with fewer than ``min_cards`` F-cards, which cannot be CPPs, keep the analysis
-   window.
+   (the patent's "fraction on dates D"). The period is the window with the smallest
+   binomial tail (compared in log space: strong CPPs underflow ``sf``) among those
+   that start on a day F-cards visited ``t`` and last 1, 2, 4, 8, ... days (a
+   multiscale scan): a week-long compromise at a busy terminal is then not diluted
+   by a month of normal trading, and F-cards spread evenly over the month give the
+   month (no gain). Terminals with fewer than ``min_cards`` F-cards, which cannot be
+   CPPs, keep the analysis window.
 4. ``lift = k_t / (n_t p)``, one-sided binomial tail ``P(X >= k_t | n_t, p)`` times the
-   number of windows of the terminal's trading days (the search could have picked
-   any of them: Bonferroni), Benjamini-Hochberg across terminals, ``k_t >= 3`` and a
-   minimum lift. CPPs are selected one at a time and each one's F-cards are
+   number of windows the scan could have tried (trading days x lengths: Bonferroni),
+   Benjamini-Hochberg across terminals, ``k_t >= 3`` and a minimum lift. CPPs are selected one at a time and each one's F-cards are
    "explained away" before the next terminal is judged: a compromised card also
    shops at its owner's other usual terminals, which would otherwise look like CPPs
    too (the reference's "suspect set, then ranked").
-5. The same period (inside [first, last] day of F-card visits at ``t``) is the
-   compromise period: every other card seen at ``t`` in it is at risk (tokens only).
+5. The same period (it starts on an F-card visit day) is the compromise period: every other card seen at ``t`` in it is at risk (tokens only).
 
 Everything here is a pure function over polars frames; ``pipelines.leakage``
 does the reading.
@@ -181,6 +180,32 @@ def binomial_tail(k: np.ndarray, n: np.ndarray, p: float | np.ndarray) -> np.nda
     if np.any(k < 0) or np.any(n < 0) or np.any(k > n):
         raise ValueError("binomial_tail needs 0 <= k <= n; check the counts passed in")
     return np.where(k <= 0, 1.0, binom.sf(k - 1, n, p))
+
+
+def log_binomial_tail(k: np.ndarray, n: np.ndarray, p: float | np.ndarray) -> np.ndarray:
+    """Natural log of :func:`binomial_tail`, finite where the tail underflows to 0.
+
+    Strong CPPs have tails far below 1e-300: ``binom.sf`` returns 0 for all of them,
+    so ordering windows or terminals by it is a tie. Where the tail is too small for
+    floating point, ``P(X >= k)`` lies between ``pmf(k)`` and ``pmf(k) / (1 - r)``
+    with ``r = (n - k) p / ((k + 1) (1 - p))`` (the terms after ``k`` shrink at least
+    geometrically by ``r < 1``); the upper bound is returned there.
+
+    Examples
+    --------
+    >>> round(float(log_binomial_tail(np.array([1]), np.array([2]), 0.5)[0]), 3)
+    -0.288
+    >>> bool(log_binomial_tail(np.array([900]), np.array([1000]), 0.01)[0] < -3000)
+    True
+    """
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    p = np.broadcast_to(np.asarray(p, dtype=np.float64), np.broadcast(k, n).shape)
+    tail = binomial_tail(k, n, p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (n - k) * p / ((k + 1) * np.maximum(1 - p, 1e-300))
+        bound = binom.logpmf(k, n, p) - np.log1p(-np.minimum(r, 1 - 1e-12))
+        return np.where(tail > 1e-250, np.log(np.maximum(tail, 1e-300)), bound)
 
 
 def bh_adjust(p_values: np.ndarray) -> np.ndarray:
@@ -345,16 +370,17 @@ def _visit_rows(visits: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 def _scan_periods(
     visits: pl.DataFrame, visit_days: pl.DataFrame, start: date, n_days: int, min_cards: int
 ) -> pl.DataFrame:
-    """Each terminal's compromise period: the window of its F-card visit days that is
-    the least likely under the network's rate over the same days.
+    """Each terminal's compromise period: the window that is the least likely under
+    the network's rate over the same days.
 
-    Windows run from one F-card visit day of the terminal to another; in each, ``k`` = F-cards seen there, ``n`` = all cards
+    Windows start on an F-card visit day of the terminal and last 1, 2, 4, ... days
+    (:func:`_scan_windows`); in each, ``k`` = F-cards seen there, ``n`` = all cards
     seen there, ``p`` = network F-cards with an exposure visit in the window / network
     cards active in it (domain.md §2.1: the fraction on the dates ``D`` the F-cards
     visited). Only terminals with at least ``min_cards`` F-cards can be CPPs and are
     scanned. Returns ``terminal_id``, ``n`` (cards seen in the period), ``period_start``,
-    ``period_end`` and ``n_windows``: ``T (T + 1) / 2`` for ``T`` trading days of the
-    terminal, every window the search could have picked (Bonferroni multiplicity).
+    ``period_end`` and ``n_windows``, the windows the scan could have tried for any
+    placement of the F-cards (Bonferroni multiplicity).
     """
     empty = pl.DataFrame(
         schema={
@@ -392,17 +418,14 @@ def _scan_periods(
         n_span = _span_matrix(*groups["n"].get(terminal, k_arrays), n_days)
         days = np.unique(k_arrays[0])
         days = days[(days >= 0) & (days < n_days)]
-        a, b = np.triu_indices(days.size)
-        a, b = days[a], days[b]
+        trading = np.unique(groups["n"].get(terminal, k_arrays)[0])
+        a, b, n_windows = _scan_windows(days, trading, n_days)
         k = k_span[a, b]
         n = np.maximum(n_span[a, b], k)
-        tail = binom.sf(k - 1, n, p_net[a, b])
-        # most significant window; ties (underflow) go to more F-cards, then the shorter span
+        tail = log_binomial_tail(k, n, p_net[a, b])
+        # most significant window (in log space: strong CPPs underflow ``sf``); ties go
+        # to more F-cards, then the shorter span
         best = np.lexsort((b - a, -k, tail))[0]
-        # the windows are placed where the F-cards fell, so any window of the terminal's
-        # trading days could have been chosen: that is the multiplicity paid for
-        trading = np.unique(groups["n"].get(terminal, k_arrays)[0]).size
-        n_windows = max(trading * (trading + 1) // 2, 1)
         out.append((terminal, int(a[best]), int(b[best]), n_windows, int(n[best])))
     return pl.DataFrame(
         out, schema=["terminal_id", "a", "b", "n_windows", "n"], orient="row"
@@ -413,6 +436,28 @@ def _scan_periods(
         (pl.lit(start) + pl.duration(days="b")).cast(pl.Date).alias("period_end"),
         pl.col("n_windows").cast(pl.Int64),
     )
+
+
+def _scan_windows(
+    days: np.ndarray, trading: np.ndarray, n_days: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Candidate windows ``[a, b]`` (day indices) of one terminal and their multiplicity.
+
+    Windows start on a day an F-card visited and last 1, 2, 4, 8, ... days (clipped at
+    the terminal's last trading day): a compromise period of any length ``P`` is inside a window of at most
+    ``2 P`` days, and the windows that could be tried are the terminal's ``T`` trading
+    days times the ``S`` lengths, instead of all ``T (T + 1) / 2`` windows: overlapping
+    windows of nearly the same length test almost the same cards, and Bonferroni over
+    all of them pays for that redundancy. ``n_windows = min(T S, T (T + 1) / 2)``.
+    """
+    t = max(int(trading.size), 1)
+    first = int(trading.min()) if trading.size else 0
+    last = int(trading.max()) if trading.size else n_days - 1
+    lengths = 2 ** np.arange(int(np.ceil(np.log2(max(last - first + 1, 1)))) + 1)
+    a = np.repeat(days, lengths.size)
+    b = np.minimum(a + np.tile(lengths, days.size) - 1, max(last, int(days.max())))
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1], min(t * lengths.size, max(t * (t + 1) // 2, 1))
 
 
 def _period_index(frame: pl.DataFrame, start: date, n_days: int) -> tuple[np.ndarray, np.ndarray]:
@@ -470,13 +515,18 @@ def _terminal_tests(
         .drop("gone")
         .sort("terminal_id")
     )
-    tail = binomial_tail(
-        stats["k"].to_numpy(), stats["n"].to_numpy(), stats["base_rate"].to_numpy()
+    log_p = np.minimum(
+        log_binomial_tail(
+            stats["k"].to_numpy(), stats["n"].to_numpy(), stats["base_rate"].to_numpy()
+        )
+        + np.log(stats["n_windows"].to_numpy()),
+        0.0,
     )
-    p_values = np.minimum(tail * stats["n_windows"].to_numpy(), 1.0)
     return stats.with_columns(
         (pl.col("k") / (pl.col("n") * pl.col("base_rate"))).fill_nan(0.0).alias("lift"),
-        pl.Series("p_value", p_values),
+        pl.Series("p_value", np.exp(log_p)),
+        # ``log_p`` orders the candidates where ``p_value`` underflows to 0
+        pl.Series("log_p", log_p),
     )
 
 
@@ -492,7 +542,8 @@ def _explain_away(
 
     A compromised card also shops at its owner's other usual terminals, so those
     terminals share many F-cards with the real point of compromise and look like
-    CPPs too. The terminal that explains the most (smallest tail probability) is
+    CPPs too. The terminal that explains the most (smallest tail probability, compared
+    in log space so that strong CPPs whose tails underflow are still ordered) is
     taken first; its F-cards are then removed (from ``k``, ``n`` and the base rate)
     before the next terminal is judged, so a terminal is only a CPP on the cards the
     earlier ones do not explain. Candidates must pass the Benjamini-Hochberg bound
@@ -514,24 +565,31 @@ def _explain_away(
             ~pl.col("terminal_id").is_in(done)
             & (pl.col("k") >= params.min_cards)
             & (pl.col("lift") >= params.min_lift)
-            & (pl.col("p_value") <= params.fdr_q * rank / m)
+            & (pl.col("log_p") <= np.log(params.fdr_q * rank / m))
         )
         if candidates.height == 0:
             break
-        best = candidates.sort(["p_value", "terminal_id"]).head(1)
-        selected.append(best)
-        cards = left_visits.join(
-            best.select("terminal_id", "period_start", "period_end"), on="terminal_id"
-        ).filter(
-            pl.col("txn_time").dt.date().is_between(pl.col("period_start"), pl.col("period_end"))
-        )
-        explained = pl.concat([explained, cards.get_column("card_token").unique()])
+        best = candidates.sort(["log_p", "terminal_id"]).head(1)
+        selected.append(best.with_columns(pl.lit(True).alias("selected")))
+        cards = _period_cards(left_visits, best)
+        explained = pl.concat([explained, cards])
     done = [s.item(0, "terminal_id") for s in selected]
     rest = stats.filter(~pl.col("terminal_id").is_in(done)).with_columns(
         pl.lit(False).alias("selected")
     )
-    chosen = [s.with_columns(pl.lit(True).alias("selected")) for s in selected]
-    return pl.concat([*chosen, rest], how="vertical").sort("terminal_id")
+    return pl.concat([*selected, rest], how="vertical").sort("terminal_id")
+
+
+def _period_visits(visits: pl.DataFrame, terminals: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``visits`` at ``terminals`` inside their periods."""
+    return visits.join(
+        terminals.select("terminal_id", "period_start", "period_end"), on="terminal_id"
+    ).filter(pl.col("txn_time").dt.date().is_between(pl.col("period_start"), pl.col("period_end")))
+
+
+def _period_cards(visits: pl.DataFrame, terminals: pl.DataFrame) -> pl.Series:
+    """Distinct F-cards of ``visits`` seen at ``terminals`` inside their periods."""
+    return _period_visits(visits, terminals).get_column("card_token").unique()
 
 
 def exposure_visits(

@@ -15,6 +15,7 @@ from models.compromise import (
     at_risk_cards,
     bh_adjust,
     binomial_tail,
+    log_binomial_tail,
     match_fraud_transactions,
     score_card_compromise,
     terminal_card_counts,
@@ -114,15 +115,17 @@ def test_week_long_compromise_is_judged_over_its_week():
     txns, reports = month(list(range(11, 18)))
     res, tx, rp = run(txns, reports)
     t0 = res.stats.filter(pl.col("terminal_id") == tid(0)).row(0, named=True)
-    assert (t0["period_start"], t0["period_end"]) == (date(2024, 3, 11), date(2024, 3, 17))
-    # 7 F-cards among the 14 cards T0 saw on 11-17 March (not its 60 of the month);
-    # the network then: 7 + 7 F-cards of 20 x 2 x 7 = 280 cards
-    assert t0["k"] == 7 and t0["n"] == 14
-    assert t0["base_rate"] == pytest.approx(14 / 280)
-    assert t0["lift"] == pytest.approx(7 / (14 * 14 / 280))  # 10x; 3.8x over the month
-    # the window was searched among T0's 30 trading days: 465 windows
-    assert t0["n_windows"] == 465
-    assert t0["p_value"] == pytest.approx(465 * binom.sf(6, 14, 14 / 280))
+    # the multiscale scan: the 8-day window from the first F-card day covers the week
+    assert (t0["period_start"], t0["period_end"]) == (date(2024, 3, 11), date(2024, 3, 18))
+    # 7 F-cards among the 16 cards T0 saw on 11-18 March (not its 60 of the month);
+    # the network then: 7 + 8 F-cards of 20 x 2 x 8 = 320 cards
+    assert t0["k"] == 7 and t0["n"] == 16
+    assert t0["base_rate"] == pytest.approx(15 / 320)
+    assert t0["lift"] == pytest.approx(7 / (16 * 15 / 320))  # 9.3x; 3.8x over the month
+    # the scan could try T0's 30 trading days x 6 lengths (1, 2, ..., 32 days): 180
+    # windows, not the 465 of every [a, b] (nearly the same windows, paid for again)
+    assert t0["n_windows"] == 180
+    assert t0["p_value"] == pytest.approx(180 * binom.sf(6, 16, 15 / 320))
     assert res.detections.get_column("terminal_id").to_list() == [tid(0)]
     det = res.detections.row(0, named=True)
     assert res.detections.schema == DETECTION_SCHEMA
@@ -130,10 +133,11 @@ def test_week_long_compromise_is_judged_over_its_week():
     assert sorted(det["evidence"]) == sorted(f"x0_{d - 1}" for d in range(11, 18))
     codes = [r["code"] for r in det["reasons"]]
     assert codes == ["cpp_fraud_cards", "cpp_lift", "cpp_significance", "cpp_period"]
-    assert "7 of 14 cards seen here from 2024-03-11 to 2024-03-17" in det["reasons"][0]["text"]
-    # the at-risk list is the other cards of that week, the same window as n_t
+    assert "7 of 16 cards seen here from 2024-03-11 to 2024-03-18" in det["reasons"][0]["text"]
+    # the at-risk list is the other cards of the period, the same window as n_t
     risk = at_risk_cards(tx, res.periods, rp)
-    assert risk.get_column("card_token").to_list() == sorted(f"c0_{d + 29}" for d in range(11, 18))
+    others = [f"c0_{d + 29}" for d in range(11, 19)] + ["c0_17"]
+    assert risk.get_column("card_token").to_list() == sorted(others)
 
 
 def test_fraud_cards_spread_over_the_month_gain_no_lift():
@@ -252,15 +256,17 @@ def test_statistics_helpers():
 
 
 def test_scan_multiplicity_and_bh_control_a_short_burst():
-    # 3 F-cards on 11-13 March: 3 of 6 cards at a 5 % rate is unlikely alone (0.2 %) ...
+    # 3 F-cards on 11-13 March: 3 of the 8 cards of 11-14 March (the 4-day window) at a
+    # 4.4 % rate is unlikely alone (0.5 %) ...
     txns, reports = month([11, 12, 13])
     res, _, _ = run(txns, reports)
     t0 = res.stats.filter(pl.col("terminal_id") == tid(0)).row(0, named=True)
-    assert (t0["k"], t0["n"]) == (3, 6)
-    tail = binom.sf(2, 6, t0["base_rate"])
+    assert (t0["period_start"], t0["period_end"]) == (date(2024, 3, 11), date(2024, 3, 14))
+    assert (t0["k"], t0["n"]) == (3, 8)
+    tail = binom.sf(2, 8, t0["base_rate"])
     assert tail < 0.005
-    # ... but it is one of the 465 windows T0's month offers: not a discovery
-    assert t0["p_value"] == pytest.approx(min(1.0, 465 * tail))
+    # ... but it is one of the 180 windows T0's month offers: not a discovery
+    assert t0["p_value"] == pytest.approx(min(1.0, 180 * tail))
     assert t0["q_value"] > 0.05 and res.detections.height == 0
 
 
@@ -296,3 +302,47 @@ def test_terminals_sharing_the_cpps_cards_are_explained_away():
     t1 = res.stats.filter(pl.col("terminal_id") == tid(1)).row(0, named=True)
     # T1 saw 8 F-cards; only its own background ones (days 1 and 20) are left to explain
     assert t1["k"] <= 2 and not t1["flagged"]
+
+
+def test_log_tail_orders_tails_that_underflow():
+    k, n = np.array([3, 50, 600, 900]), np.array([24, 300, 1000, 1000])
+    log_tail = log_binomial_tail(k, n, 0.01)
+    # where the tail is representable it is log(sf) ...
+    np.testing.assert_allclose(log_tail[:2], np.log(binom.sf(k[:2] - 1, n[:2], 0.01)))
+    # ... and where sf underflows to 0 it still orders the windows (900 of 1000 is rarer)
+    assert binom.sf(599, 1000, 0.01) == 0.0 and np.isfinite(log_tail).all()
+    assert log_tail[3] < log_tail[2] < log_tail[1] < log_tail[0] < 0
+    # the bound is tight: within log(1 / (1 - r)) of the first term
+    assert log_tail[2] - binom.logpmf(600, 1000, 0.01) < 1e-2
+
+
+def test_a_blatant_cpp_is_judged_over_its_compromise_not_the_month():
+    # T0 sees 100 cards a day, 200 terminals 4 a day; 90 of T0's cards a day on 11-17
+    # March were compromised (630 F-cards: every window around them has a tail far below
+    # 1e-300) and one card a day otherwise, as at the other terminals. Compared in log
+    # space the week, not the month (more F-cards but diluted), is the period.
+    txns = []
+    for t in range(201):
+        per_day = 100 if t == 0 else 4
+        for j in range(30 * per_day):
+            txns.append(
+                {
+                    "txn_id": f"x{t}_{j}",
+                    "terminal_id": tid(t),
+                    "card_token": f"c{t}_{j}",
+                    "card_bin": "622202",
+                    "card_last4": "0000",
+                    "txn_time": datetime(2024, 3, 1 + j // per_day, 12, 0),
+                }
+            )
+    week = [f"c0_{100 * (d - 1) + i}" for d in range(11, 18) for i in range(90)]
+    other = [f"c0_{100 * (d - 1) + 99}" for d in range(1, 31)]
+    other += [f"c{1 + d % 200}_{4 * d}" for d in range(30)]
+    fraud, known = datetime(2024, 3, 31, 12, 0), datetime(2024, 4, 5)
+    res, _, _ = run(txns, [report(c, fraud, known) for c in week + other])
+    t0 = res.stats.filter(pl.col("terminal_id") == tid(0)).row(0, named=True)
+    assert binom.sf(t0["k"] - 1, t0["n"], t0["base_rate"]) == 0.0  # underflow indeed
+    # the 11-17 March week, within the factor-2 length of the multiscale scan
+    assert t0["period_start"] <= date(2024, 3, 11) and t0["period_end"] >= date(2024, 3, 17)
+    assert (t0["period_end"] - t0["period_start"]).days + 1 <= 14
+    assert t0["k"] >= len(week) and t0["flagged"]

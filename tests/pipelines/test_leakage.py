@@ -142,9 +142,11 @@ def test_detections_and_at_risk_from_the_store(store):
     assert (detections["day"] == AS_OF).all()
     assert detections["score"].is_between(0, 1).all()
     # T0's F-cards visited on 1-10 March (j 0..9); 1 March, when the background F-cards
-    # shopped too, is left out of the most telling window, 2-10 March: the others then
-    # are j 21..29 (the same window as T0's n_t)
-    assert at_risk["card_token"].to_list() == [f"c0_{j:04d}" for j in range(21, 30)]
+    # shopped too, is left out of the most telling window, 2-17 March (16 days, of the
+    # multiscale scan: no F-card anywhere on 11-17 March lowers its base rate): the
+    # others then are j 10..16 and 21..36 (the same window as T0's n_t)
+    others = [*range(10, 17), *range(21, 37)]
+    assert at_risk["card_token"].to_list() == [f"c0_{j:04d}" for j in others]
     assert at_risk.columns == [
         "terminal_id",
         "card_token",
