@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.schema import INPUT_KINDS
-from pipelines.ingest import _patterns_ok_sql
+from pipelines.ingest import _patterns_ok_sql, _trimmed_sql
 
 PATTERNS = sorted({c.pattern for k in INPUT_KINDS.values() for c in k.columns if c.pattern})
 _chars = st.sampled_from(list("09AZaz") + ["\x1f", "é", "-", " "])
@@ -43,3 +43,21 @@ def test_combined_check_equals_every_column_checked_alone(values):
 def test_a_pattern_that_could_admit_the_separator_is_refused():
     with pytest.raises(ValueError, match="U\\+001F"):
         _patterns_ok_sql([("x", "[0-9]{4}"), ("y", ".{3}")])
+
+
+_edge_chars = st.sampled_from(
+    [" ", "\u00a0", "\u3000", "\u2003", "\t", "\n", "\r", "a", "0", "é", "上", "-"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(st.none(), st.text(_edge_chars, max_size=6), st.text(max_size=6)))
+def test_cheap_trim_equals_trim(value):
+    """_trimmed_sql gives NULLIF(TRIM(v), '') for any value, spaces of any kind included."""
+    con = duckdb.connect()
+    (same,) = con.execute(
+        f"SELECT {_trimmed_sql('v')} IS NOT DISTINCT FROM NULLIF(TRIM(v), '') "
+        "FROM (SELECT CAST(? AS VARCHAR) AS v)",
+        [value],
+    ).fetchone()
+    assert same, repr(value)
