@@ -71,7 +71,8 @@ def test_run_workers_setting(monkeypatch):
     with pytest.raises(ValueError, match="TRIALGUARD_RUN_WORKERS='0'"):
         detect.run_workers()
     monkeypatch.delenv("TRIALGUARD_RUN_WORKERS")
-    assert detect.run_workers() == 1  # the process pool is opt-in
+    # two workers by default, one on a one-core machine
+    assert detect.run_workers() == min(2, os.cpu_count() or 1)
 
 
 def test_partitioned_run_equals_one_pass(tmp_path, monkeypatch):
