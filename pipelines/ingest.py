@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,7 +29,7 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -756,17 +757,26 @@ def _write_accepted(con: duckdb.DuckDBPyConnection, kind: InputKind, file_id: st
     dup = " AND NOT _dup" if TABLES[kind.name][1] else ""
     # rows carry their file and line: the store need not keep the file's order, and
     # each thread appending its own row groups saved ~15% of the insert's time
-    previous = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
-    con.execute("SET preserve_insertion_order = false")
-    try:
+    with _setting(con, "preserve_insertion_order", "false"):
         return _count(
             con,
             f"INSERT INTO {kind.name} ({', '.join(_ident(c) for c in cols)}) "
             f"SELECT {select} FROM {STAGE} WHERE _reason IS NULL{dup}",
             [file_id],
         )
+
+
+@contextlib.contextmanager
+def _setting(con: duckdb.DuckDBPyConnection, name: str, value: str) -> Iterator[None]:
+    """Set a DuckDB setting of ``con`` for the ``with`` block; restore it afterwards."""
+    previous = con.execute("SELECT current_setting(?)", [name]).fetchone()[0]
+    if isinstance(previous, bool):
+        previous = str(previous).lower()
+    con.execute(f"SET {name} = {_lit(value)}")
+    try:
+        yield
     finally:
-        con.execute(f"SET preserve_insertion_order = {'true' if previous else 'false'}")
+        con.execute(f"SET {name} = {_lit(str(previous))}")
 
 
 def _gate_sample(con: duckdb.DuckDBPyConnection, kind: InputKind) -> Any:
@@ -943,44 +953,53 @@ def _stage_rows(
     Returns the line numbering, which :func:`_number_rows` applies later when
     ``number`` is false (rows staged from a guess of the file's format).
     """
-    previous = con.execute("SELECT current_setting('force_compression')").fetchone()[0]
     # the staged copy lives for seconds: compressing it cost about a third of the
     # staging CPU for nothing (the accepted rows are compressed once, in the store)
-    con.execute("SET force_compression = 'uncompressed'")
-    try:
+    with _setting(con, "force_compression", "uncompressed"):
         names = open_source(con, info)
-    except BaseException:
-        con.execute(f"SET force_compression = {_lit(previous)}")
-        raise
-    try:
-        kind = INPUT_KINDS[recognise_kind(names, kind_name)]
-        result.kind = kind.name
-        clock.lap("read")
-        has_key = bool(TABLES[kind.name][1])
-        numbering = line_numbering(con, info, STAGE)
-        sql = stage_sql(kind, names, tz, has_key, numbering.select)
-        register_redaction(con)
-        params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
         try:
-            con.execute(sql, params) if params else con.execute(sql)
-        except duckdb.OutOfMemoryException:
-            raise UnreadableFile(
-                f"{info.path.name} does not fit in the ingest memory limit "
-                f"({ingest_memory_limit()}); ingest never spills to disk, because raw card "
-                "numbers must not reach it. Split the file, or raise "
-                "TRIALGUARD_INGEST_MEMORY_LIMIT (e.g. 6GB) and rerun: nothing of it was loaded"
-            ) from None
-        except duckdb.Error as exc:
-            raise UnreadableFile(
-                f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
-            ) from None
-        if number:
-            numbering.apply(con)
-        clock.lap("stage")
-        return numbering
-    finally:
-        close_source(con)
-        con.execute(f"SET force_compression = {_lit(previous)}")
+            return _stage_query(con, info, result, kind_name, names, pads, tz, clock, number)
+        finally:
+            close_source(con)
+
+
+def _stage_query(
+    con: duckdb.DuckDBPyConnection,
+    info: FileInfo,
+    result: FileResult,
+    kind_name: str | None,
+    names: list[str],
+    pads: tuple[bytes, bytes],
+    tz: str,
+    clock: _Clock,
+    number: bool,
+) -> LineNumbering:
+    """Run the staging statement of an open source (see :func:`_stage_rows`)."""
+    kind = INPUT_KINDS[recognise_kind(names, kind_name)]
+    result.kind = kind.name
+    clock.lap("read")
+    has_key = bool(TABLES[kind.name][1])
+    numbering = line_numbering(con, info, STAGE)
+    sql = stage_sql(kind, names, tz, has_key, numbering.select)
+    register_redaction(con)
+    params = {"ipad": pads[0], "opad": pads[1]} if "$ipad" in sql else None
+    try:
+        con.execute(sql, params) if params else con.execute(sql)
+    except duckdb.OutOfMemoryException:
+        raise UnreadableFile(
+            f"{info.path.name} does not fit in the ingest memory limit "
+            f"({ingest_memory_limit()}); ingest never spills to disk, because raw card "
+            "numbers must not reach it. Split the file, or raise "
+            "TRIALGUARD_INGEST_MEMORY_LIMIT (e.g. 6GB) and rerun: nothing of it was loaded"
+        ) from None
+    except duckdb.Error as exc:
+        raise UnreadableFile(
+            f"{info.path.name} could not be read as {info.format}: {safe_message(str(exc))}"
+        ) from None
+    if number:
+        numbering.apply(con)
+    clock.lap("stage")
+    return numbering
 
 
 def _number_rows(con: duckdb.DuckDBPyConnection, info: FileInfo, numbering: LineNumbering) -> None:

@@ -109,3 +109,26 @@ def test_a_corrupt_gzip_is_rejected_with_the_sniff_message(settings, tmp_path):
     assert rows_of(
         settings, "SELECT status FROM ingest_manifest WHERE source_path LIKE '%tx.csv.gz'"
     ) == [("rejected",)]
+
+
+def test_a_callers_connection_gets_its_settings_back(settings, tmp_path):
+    from pipelines.storage import connect
+
+    path = inp.write(inp.transactions(20, inp.make_pans(3)), tmp_path / "tx.csv")
+    con = connect(settings.db_path)
+    try:
+        con.execute("SET preserve_insertion_order = true")
+        con.execute("SET force_compression = 'auto'")
+        before = con.execute(
+            "SELECT current_setting('preserve_insertion_order'), "
+            "current_setting('force_compression')"
+        ).fetchone()
+        report = ingest_paths(settings, [path], con=con, gate=False)
+        after = con.execute(
+            "SELECT current_setting('preserve_insertion_order'), "
+            "current_setting('force_compression')"
+        ).fetchone()
+    finally:
+        con.close()
+    assert report.files[0].accepted == 20
+    assert after == before
