@@ -9,7 +9,8 @@ and clone rules"):
   how often they alternate (two devices answering to one terminal id at once);
 * location: where located events put the terminal, and whether its network
   attachment (cell location area and IP network) moved away from the one it used
-  before.
+  before;
+* health: how often the device rebooted (``reboot`` events), a malfunction symptom.
 
 All functions are polars expression builders / lazy frames; the caller reads the rows.
 """
@@ -32,6 +33,7 @@ TELEMETRY_COUNTS: dict[str, int] = {
     "n_event_located": 0,
     "n_event_outside_geofence": 0,
     "n_network_moved": 0,
+    "n_reboot": 0,
 }
 
 
@@ -98,9 +100,10 @@ def event_day_features(
     LazyFrame
         ``terminal_id``, ``n_event_serials``, ``n_event_serial_back_switch``,
         ``n_event_located``, ``event_distance_p50_km``, ``event_lac``,
-        ``event_ip_network``, ``base_lac``, ``base_ip_network``, ``base_days``, and the
-        private lists :func:`with_telemetry` consumes (``_event_dist_km`` and the event
-        ids ``_ev_dev``, ``_ev_loc``, ``_ev_net``).
+        ``event_ip_network``, ``base_lac``, ``base_ip_network``, ``base_days``,
+        ``n_reboot`` (``reboot`` events), and the private lists :func:`with_telemetry`
+        consumes (``_event_dist_km`` and the event ids ``_ev_dev``, ``_ev_loc``,
+        ``_ev_net``, ``_ev_reboot``).
     """
     reg = (
         registry.sort("terminal_id", "updated_at")
@@ -141,11 +144,17 @@ def event_day_features(
             pl.col("event_id").alias("_ev_net"),
         )
     )
+    reboot = pl.col("event_type") == "reboot"
+    health = ev.group_by("terminal_id").agg(
+        reboot.sum().cast(pl.Int64).alias("n_reboot"),
+        pl.col("event_id").filter(reboot).alias("_ev_reboot"),
+    )
     terminals = ev.select("terminal_id").unique()
     out = (
         terminals.join(serials, on="terminal_id", how="left")
         .join(places, on="terminal_id", how="left")
         .join(net, on="terminal_id", how="left")
+        .join(health, on="terminal_id", how="left")
     )
     if baseline is None:
         baseline = pl.LazyFrame(
@@ -210,7 +219,8 @@ def with_telemetry(
     (cell LAC) and IP network both differ from the terminal's baseline of at least
     ``[relocation] network_min_baseline_days`` days, for a terminal whose geofence is at
     most ``network_max_geofence_m`` (a fixed-site terminal stays in one location
-    area). Event ids showing it are appended to ``ev_relocation`` / ``ev_cloned_terminal``.
+    area). Event ids showing it are appended to ``ev_relocation`` / ``ev_cloned_terminal``
+    (reboot events to ``ev_malfunction``).
     Only terminals with transactions that day are judged (``day`` has one row each).
     """
     c = config["relocation"]
@@ -256,4 +266,7 @@ def with_telemetry(
         pl.concat_list("ev_cloned_terminal", pl.col("_ev_dev").fill_null(empty))
         .list.head(MAX_EVIDENCE)
         .alias("ev_cloned_terminal"),
-    ).drop("_event_dist_km", "_ev_loc", "_ev_net", "_ev_dev", "_ev_out")
+        pl.concat_list("ev_malfunction", pl.col("_ev_reboot").fill_null(empty))
+        .list.head(MAX_EVIDENCE)
+        .alias("ev_malfunction"),
+    ).drop("_event_dist_km", "_ev_loc", "_ev_net", "_ev_dev", "_ev_out", "_ev_reboot")

@@ -274,9 +274,29 @@ def disallowed_entry_mode(policies: pl.DataFrame) -> pl.Expr:
     return _not_allowed("entry_mode", "allowed_entry_modes", policies, "disallowed_entry_mode")
 
 
-def fallback_entry(entry_modes: list[str]) -> pl.Expr:
-    """Fallback, stripe or manual read of a card (DE22 in ``entry_modes``)."""
-    return pl.col("entry_mode").is_in(entry_modes).alias("fallback_entry")
+def fallback_entry(
+    entry_modes: list[str],
+    stripe_modes: list[str] | tuple[str, ...] = (),
+    chip_modes: list[str] | tuple[str, ...] = (),
+) -> pl.Expr:
+    """Fallback or manual read of a card: DE22 in ``entry_modes``, or a chip card swiped.
+
+    Domain §1 #8: a chip card read by swipe (DE22 02x / 90x) is a fallback. The
+    message carries no service code, so a swiped card (``stripe_modes``) counts as
+    a chip card when the SAME terminal read it by chip (``chip_modes``) the same
+    day: the terminal's reader handles that card's chip, so swiping it is a
+    downgrade. A card chip-read only elsewhere is not counted: a counterfeit copy
+    of its stripe swiped by a fraudster looks the same and is card fraud, not the
+    terminal's practice. Earlier days are not looked up: that would scan the
+    stored history every night (its cost would grow with the trial's length).
+    """
+    em = pl.col("entry_mode")
+    out = em.is_in(list(entry_modes))
+    if stripe_modes and chip_modes:
+        card = pl.col("card_token")
+        chip_today = em.is_in(list(chip_modes)).any().over("terminal_id", card, "local_date")
+        out = out | (em.is_in(list(stripe_modes)) & chip_today & card.is_not_null())
+    return out.fill_null(False).alias("fallback_entry")
 
 
 def decline_family(families: dict[str, list[str]]) -> pl.Expr:
@@ -717,6 +737,7 @@ def enrich_transactions(
         :func:`models.config.load_config` output (thresholds).
     """
     g = config["general"]
+    fb = config["fallback_abuse"]
     names = txns.collect_schema().names()
     extra = [
         pl.lit(None, dtype=dt).alias(c)
@@ -744,7 +765,11 @@ def enrich_transactions(
         disallowed_card_type(policies),
         disallowed_txn_type(policies),
         disallowed_entry_mode(policies),
-        fallback_entry(list(config["fallback_abuse"]["entry_modes"])),
+        fallback_entry(
+            list(fb["entry_modes"]),
+            list(fb.get("chip_card_stripe_modes", [])),
+            list(fb.get("chip_modes", [])),
+        ),
         decline_family(dict(config["decline_families"])),
         distance_km(),
         mcc_mismatch(bool(config["mcc_mismatch"].get("check_mid", True))),

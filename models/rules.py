@@ -541,6 +541,10 @@ def fallback_abuse_checks(cfg: dict[str, Any]) -> list[Check]:
     """Chip cards read by stripe, or manual key entry (domain §1 #8, #9)."""
     c = cfg["fallback_abuse"]
     modes = "/".join(c["entry_modes"])
+    stripe = c.get("chip_card_stripe_modes", [])
+    if stripe and c.get("chip_modes"):
+        # a swipe counts only for a card this terminal reads by chip (thresholds.toml)
+        modes += f", or swipe {'/'.join(stripe)} of a card read here by chip"
     return [
         Check(
             "fallback_rate",
@@ -723,6 +727,17 @@ def disallowed_use_checks(cfg: dict[str, Any]) -> list[Check]:
     ]
 
 
+def _symptom_today() -> pl.Expr:
+    """A failing message today: technical decline, reversal, STAN reuse or clock skew."""
+    return (
+        pl.col("n_technical")
+        + pl.col("n_reversal")
+        + pl.col("n_stan_repeat")
+        + pl.col("n_stan_conflict")
+        + pl.col("n_implausible_time")
+    ) > 0
+
+
 def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     """Technical declines, reversals, duplicate STANs or clock skew beyond normal.
 
@@ -733,7 +748,9 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
     fires alone: technical-decline incidents (outage bursts counted once) far
     above what the terminal's own earlier days (``*_base`` columns, the stored
     days before the window) predict, over the window or over the last
-    ``short_window_days`` days (``*_s`` columns).
+    ``short_window_days`` days (``*_s`` columns). ``repeated_reboots`` fires alone:
+    at least ``min_reboots`` device reboots (telemetry, ``n_reboot``) on a day with a
+    failing message.
     """
     c = cfg["malfunction"]
     w = int(c["window_days"])
@@ -849,6 +866,26 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
             _f(c["min_surprise"]),
         ),
         Check(
+            "repeated_reboots",
+            (pl.col("n_reboot") >= int(c["min_reboots"])) & _symptom_today(),
+            exceed_score(pl.col("n_reboot"), _f(c["min_reboots"])),
+            pl.format(
+                "the device rebooted {} times in the day (threshold {}; one scheduled "
+                "restart a day is normal) and {} of its {} messages failed (technical "
+                "decline, reversal, STAN reuse or clock skew)",
+                pl.col("n_reboot"),
+                pl.lit(int(c["min_reboots"])),
+                pl.col("n_technical")
+                + pl.col("n_reversal")
+                + pl.col("n_stan_repeat")
+                + pl.col("n_stan_conflict")
+                + pl.col("n_implausible_time"),
+                pl.col("n_txn"),
+            ),
+            pl.col("n_reboot").cast(pl.Float64),
+            _f(c["min_reboots"]),
+        ),
+        Check(
             "symptom_families",
             (tech >= int(c["min_technical"]))
             & (rev >= int(c["min_reversals"]))
@@ -920,6 +957,7 @@ OPTIONAL_COUNTS: tuple[str, ...] = (
     "n_event_located",
     "n_event_outside_geofence",
     "n_network_moved",
+    "n_reboot",
 )
 #: Telemetry values used in reason texts only (null when absent).
 OPTIONAL_DETAILS: dict[str, pl.DataType] = {
@@ -1089,21 +1127,15 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
             parts.append(behaviour_detections(day, behaviour, checks, fire, score))
         elif behaviour == "malfunction":
             c = config["malfunction"]
-            indicators = [
-                ch for ch in checks if ch.code not in ("symptom_families", "technical_jump")
-            ]
+            alone = ("symptom_families", "technical_jump", "repeated_reboots")
+            indicators = [ch for ch in checks if ch.code not in alone]
             n_ind = pl.sum_horizontal(
                 [ch.when.fill_null(False).cast(pl.Int32) for ch in indicators]
             )
             families = next(ch for ch in checks if ch.code == "symptom_families").when
             jump = next(ch for ch in checks if ch.code == "technical_jump").when
-            symptom_today = (
-                pl.col("n_technical")
-                + pl.col("n_reversal")
-                + pl.col("n_stan_repeat")
-                + pl.col("n_stan_conflict")
-                + pl.col("n_implausible_time")
-            ) > 0
+            reboots = next(ch for ch in checks if ch.code == "repeated_reboots").when
+            symptom_today = _symptom_today()
             strong = (pl.col("n_technical") >= int(c["strong_technical"])) & (
                 pl.col("decline_technical_rate") > float(c["technical_rate"])
             )
@@ -1111,6 +1143,7 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
                 (symptom_today & ((n_ind >= int(c["min_indicators"])) | families.fill_null(False)))
                 | strong
                 | jump.fill_null(False)
+                | reboots.fill_null(False)
             )
             parts.append(behaviour_detections(day, behaviour, checks, fire))
         else:
