@@ -7,11 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.daily import terminal_day
 from features.events import event_day_features, with_telemetry
 from features.policy import policy_frame
-from features.transactions import enrich_transactions
+from features.transactions import enrich_transactions, fallback_entry
 from models.config import load_config
 from models.rules import detect
 
@@ -51,6 +53,43 @@ def test_card_read_by_chip_only_at_another_terminal_does_not_count():
     there = F.txns(1, terminal_id="T0000002", entry_mode=["05"], card_token=["A"])
     day = F.terminal_day_of(pl.concat([here, there]), CFG).sort("terminal_id")
     assert day.get_column("n_fallback").to_list() == [0, 0]
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["T1", "T2"]),
+            st.sampled_from(["A", "B", "C", None]),
+            st.sampled_from([0, 1]),
+            st.sampled_from(["05", "07", "02", "90", "80", "01", "91"]),
+        ),
+        max_size=30,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_fallback_entry_equals_a_plain_loop(rows):
+    """Reference: 80/01, or 02/90 of a card the same terminal read by 05/07 that day."""
+    df = pl.DataFrame(
+        {
+            "terminal_id": [r[0] for r in rows],
+            "card_token": [r[1] for r in rows],
+            "local_date": [F.T0.date() + timedelta(days=r[2]) for r in rows],
+            "entry_mode": [r[3] for r in rows],
+        },
+        schema={
+            "terminal_id": pl.String,
+            "card_token": pl.String,
+            "local_date": pl.Date,
+            "entry_mode": pl.String,
+        },
+    )
+    got = df.select(fallback_entry(["80", "01"], ["02", "90"], ["05", "07"])).to_series()
+    chip = {(t, c, d) for t, c, d, m in rows if m in ("05", "07") and c is not None}
+    want = [
+        m in ("80", "01") or (m in ("02", "90") and c is not None and (t, c, d) in chip)
+        for t, c, d, m in rows
+    ]
+    assert got.to_list() == want
 
 
 def test_declined_swipe_is_not_counted():
