@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -813,11 +812,6 @@ def _spill_dir(settings) -> str | None:
     return str(parent) if parent.is_dir() else None
 
 
-def _ready() -> int:
-    """A no-op task: submitted first, it makes a spawned worker import the detection code."""
-    return os.getpid()
-
-
 def _detect_partitioned(
     con: duckdb.DuckDBPyConnection,
     settings,
@@ -826,32 +820,10 @@ def _detect_partitioned(
     lookback: int,
     inputs: tuple,
     timings: dict[str, float],
-    meanwhile: Callable[[], Any] | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str], Any]:
-    """The per-terminal step of a big day: one read, ``parts`` partitions, worker processes.
-
-    With worker processes, they are started before the day is read (each spends
-    seconds importing the detection code) and ``meanwhile()`` (the cross-terminal
-    work, which needs none of their results) runs in this process while they
-    work; without, it runs after the partitions. Its result is returned last.
-    """
+) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
+    """The per-terminal step of a big day: one read, ``parts`` partitions, worker processes."""
     registry, pol, config, implausible, history, telemetry = inputs
-    workers = min(run_workers(), int(parts))
-    extra: Any = None
-    with (
-        tempfile.TemporaryDirectory(prefix=".tg-run-", dir=_spill_dir(settings)) as tmp,
-        contextlib.ExitStack() as stack,
-    ):
-        pool = None
-        if workers > 1:
-            ctx = multiprocessing.get_context("spawn")
-            # each worker gets its share of the cores for polars (read when it starts):
-            # two workers with every core each oversubscribed the machine
-            threads = str(max(1, (os.cpu_count() or 1) // workers))
-            stack.enter_context(_environ(POLARS_MAX_THREADS=threads))
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
-            for _ in range(workers):  # they import while this process reads the day
-                pool.submit(_ready)
+    with tempfile.TemporaryDirectory(prefix=".tg-run-", dir=_spill_dir(settings)) as tmp:
         t = time.perf_counter()
         paths = spill_day_transactions(con, as_of, Path(tmp) / "day", parts, lookback)
         paths = [p for p in paths if any(p.glob("*.arrow"))]  # skip empty partitions
@@ -874,20 +846,21 @@ def _detect_partitioned(
                 _only(telemetry, ids),
             )
 
-        if pool is not None:
-            futures = [pool.submit(_detect_spilled, *args(p)) for p in paths]
-            try:
-                if meanwhile is not None:
-                    extra = meanwhile()
+        workers = min(run_workers(), len(paths))
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            # each worker gets its share of the cores for polars (read when it starts):
+            # two workers with every core each oversubscribed the machine
+            threads = str(max(1, (os.cpu_count() or 1) // workers))
+            with (
+                _environ(POLARS_MAX_THREADS=threads),
+                ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+            ):
+                futures = [pool.submit(_detect_spilled, *args(p)) for p in paths]
                 results = [f.result() for f in futures]
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
         else:
             results = [_detect_spilled(*args(p)) for p in paths]
         timings["per_terminal_s"] = time.perf_counter() - t
-    if pool is None and meanwhile is not None:
-        extra = meanwhile()
     if not results:
         raise RuntimeError(
             f"{as_of}: the day's transactions were counted but none was read back from the "
@@ -897,7 +870,7 @@ def _detect_partitioned(
     detections = pl.concat([r[1] for r in results])
     n_txns = sum(r[2] for r in results)
     file_ids: set[str] = set().union(*(r[3] for r in results))
-    return day, detections, n_txns, file_ids, extra
+    return day, detections, n_txns, file_ids
 
 
 def _run_one(
@@ -965,7 +938,6 @@ def _run_one(
         # the partition, not the day.
         pol = policy_frame(policies, config["default_policy"])
         lookback = int(config["cash_out"]["refund_lookback_days"])
-        leaked: tuple[pl.DataFrame, pl.DataFrame | None] | None = None
         if parts == 1:
             t = time.perf_counter()
             txns = read_day_transactions(con, as_of, lookback)
@@ -977,15 +949,7 @@ def _run_one(
             del txns
             timings["per_terminal_s"] = time.perf_counter() - t
         else:
-
-            def leakage() -> tuple[pl.DataFrame, pl.DataFrame | None]:
-                t = time.perf_counter()
-                out = _leakage(con, as_of, config)
-                timings["leakage_s"] = time.perf_counter() - t
-                return out
-
-            # the cross-terminal detectors run here while the workers do the partitions
-            day, detections, n_txns, file_ids, leaked = _detect_partitioned(
+            day, detections, n_txns, file_ids = _detect_partitioned(
                 con,
                 settings,
                 as_of,
@@ -993,7 +957,6 @@ def _run_one(
                 lookback,
                 (registry, pol, config, implausible, history, telemetry),
                 timings,
-                meanwhile=leakage,
             )
         mark("per_terminal")
 
@@ -1004,12 +967,10 @@ def _run_one(
         timings["peers_anomaly_s"] = time.perf_counter() - t
         mark("peers_anomaly")
 
-        if leaked is None:
-            t = time.perf_counter()
-            leaked = _leakage(con, as_of, config)
-            timings["leakage_s"] = time.perf_counter() - t
-        leak_det, at_risk = leaked
+        t = time.perf_counter()
+        leak_det, at_risk = _leakage(con, as_of, config)
         detections = pl.concat([detections, leak_det]).sort("terminal_id", "behaviour")
+        timings["leakage_s"] = time.perf_counter() - t
         mark("leakage")
 
         t = time.perf_counter()
