@@ -6,10 +6,13 @@ distinct cards, a few invalid and repeated rows), then in the same process:
 1. baseline: ``CREATE TABLE t AS SELECT * FROM read_csv(..., all_varchar=true)``
    into a fresh database file;
 2. the full ingest of the same file into another fresh database (parsing,
-   validation, card tokens, de-duplication, quarantine, the quality gate).
+   validation, card tokens, de-duplication, quarantine, the quality gate);
+3. the baseline again: the ratio is taken against the mean of the two baseline
+   runs that bracket the ingest, because the machine's speed drifts.
 
 Reports seconds and rows/s per stage, the ratio to the baseline (wall time,
-and CPU time, which a busy machine disturbs less) and the peak resident memory of the ingest (generation and baseline run in child processes).
+and CPU time, which a busy machine disturbs less) and the peak resident memory
+of the ingest (generation and baseline run in child processes).
 """
 
 from __future__ import annotations
@@ -194,9 +197,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for stage, sec in f.stages.items():
         rate = f"{total_rows / sec:,.0f}" if sec > 0 else "-"
         print(f"  {stage:<12}{sec:>10.2f}{rate:>16}")
-    print(f"ratio ingest / baseline: {ingest_s / base_s:.2f} (target <= 3)")
+    # The machine's speed drifts by 20-30% within minutes (even with nothing else
+    # running): the baseline is run again after the ingest, and the ratio is taken
+    # against the mean of the two runs that bracket it.
+    with ctx.Pool(1) as pool:
+        after_s, after_cpu = pool.apply(baseline_load, (csv, work / "baseline.duckdb"))
+    print(f"baseline again, after the ingest: {after_s:.1f} s, CPU {after_cpu:.1f} s")
+    mean_s, mean_cpu = (base_s + after_s) / 2, (base_cpu + after_cpu) / 2
+    print(
+        f"ratio ingest / baseline: {ingest_s / mean_s:.2f} (target <= 3; against the baseline "
+        f"before {ingest_s / base_s:.2f}, after {ingest_s / after_s:.2f})"
+    )
     # on a shared machine wall time depends on the other jobs; CPU time much less so
-    print(f"CPU-time ratio ingest / baseline: {ingest_cpu / base_cpu:.2f}")
+    print(f"CPU-time ratio ingest / baseline: {ingest_cpu / mean_cpu:.2f}")
     print(
         f"peak RSS of the ingest process: {_peak_rss_mib():,.0f} MiB (target < 4096; "
         f"DuckDB memory_limit {ingest_memory_limit()})"
