@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import shutil
 import tempfile
@@ -134,6 +135,7 @@ def baseline_load(csv: Path, db: Path) -> tuple[float, float]:
     import duckdb
 
     db.unlink(missing_ok=True)
+    os.sync()  # start with no dirty pages of an earlier step being written back
     con = duckdb.connect(str(db))
     con.execute("SET enable_progress_bar = false")
     t, c = time.perf_counter(), _cpu_seconds()
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for p in (db, Path(str(db) + ".wal")):
         p.unlink(missing_ok=True)
     bench_settings = settings.with_db(db)
+    os.sync()
     t, c = time.perf_counter(), _cpu_seconds()
     report = ingest_paths(bench_settings, [csv], gate=not args.no_gate)
     ingest_s, ingest_cpu = time.perf_counter() - t, _cpu_seconds() - c
