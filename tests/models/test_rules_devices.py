@@ -11,6 +11,7 @@ import polars as pl
 from features.daily import terminal_day
 from features.events import event_day_features, network_baseline, with_telemetry
 from features.policy import policy_frame
+from features.schema import TERMINAL_EVENTS, polars_schema
 from features.transactions import enrich_transactions
 from models.config import load_config
 from models.rules import detect
@@ -78,17 +79,8 @@ def test_reversal_with_the_original_stan_is_not_a_second_counter():
 # Telemetry (terminal_events): devices signing on, located events, network moves
 # ---------------------------------------------------------------------------
 
-EVENT_SCHEMA = {
-    "event_id": pl.String,
-    "terminal_id": pl.String,
-    "event_time": pl.Datetime("us"),
-    "event_type": pl.String,
-    "device_serial": pl.String,
-    "lat": pl.Float64,
-    "lon": pl.Float64,
-    "cell_id": pl.String,
-    "ip_address": pl.String,
-}
+# terminal_events input columns (features.schema) plus the id ingest derives
+EVENT_SCHEMA = {"event_id": pl.String, **polars_schema(TERMINAL_EVENTS.columns)}
 
 
 def _events(rows: list[dict]) -> pl.LazyFrame:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from features.daily import terminal_day
 from features.events import event_day_features, with_telemetry
 from features.policy import policy_frame
+from features.schema import TERMINAL_EVENTS, polars_schema
 from features.transactions import enrich_transactions, fallback_entry
 from models.config import load_config
 from models.rules import detect
@@ -111,17 +112,8 @@ def test_three_chip_card_swipes_in_a_week_fire_fallback_abuse():
 # Malfunction: repeated reboots on a day with a failing message
 # ---------------------------------------------------------------------------
 
-EVENT_SCHEMA = {
-    "event_id": pl.String,
-    "terminal_id": pl.String,
-    "event_time": pl.Datetime("us"),
-    "event_type": pl.String,
-    "device_serial": pl.String,
-    "lat": pl.Float64,
-    "lon": pl.Float64,
-    "cell_id": pl.String,
-    "ip_address": pl.String,
-}
+# terminal_events input columns (features.schema) plus the id ingest derives
+EVENT_SCHEMA = {"event_id": pl.String, **polars_schema(TERMINAL_EVENTS.columns)}
 
 
 def _malfunction(reboots: int, response_codes: list[str]) -> dict | None:
