@@ -727,15 +727,20 @@ def disallowed_use_checks(cfg: dict[str, Any]) -> list[Check]:
     ]
 
 
-def _symptom_today() -> pl.Expr:
-    """A failing message today: technical decline, reversal, STAN reuse or clock skew."""
+def _failing_messages() -> pl.Expr:
+    """Today's failing messages: technical declines, reversals, STAN reuses, clock skew."""
     return (
         pl.col("n_technical")
         + pl.col("n_reversal")
         + pl.col("n_stan_repeat")
         + pl.col("n_stan_conflict")
         + pl.col("n_implausible_time")
-    ) > 0
+    )
+
+
+def _symptom_today() -> pl.Expr:
+    """A failing message today (:func:`_failing_messages`)."""
+    return _failing_messages() > 0
 
 
 def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
@@ -875,11 +880,7 @@ def malfunction_checks(cfg: dict[str, Any]) -> list[Check]:
                 "decline, reversal, STAN reuse or clock skew)",
                 pl.col("n_reboot"),
                 pl.lit(int(c["min_reboots"])),
-                pl.col("n_technical")
-                + pl.col("n_reversal")
-                + pl.col("n_stan_repeat")
-                + pl.col("n_stan_conflict")
-                + pl.col("n_implausible_time"),
+                _failing_messages(),
                 pl.col("n_txn"),
             ),
             pl.col("n_reboot").cast(pl.Float64),
