@@ -594,10 +594,11 @@ CARD_VISIT_DAYS_COLUMNS: tuple[Column, ...] = (
     Column("n_cards", "int", True, description="distinct cards (tokens) with that prev_date"),
 )
 #: ``card_days``: the distinct (terminal, card, day) visits, plus one ``'*'`` row per card
-#: and day; ``card_visit_days.prev_date`` of a new day is looked up here.
+#: and day, each by its 63-bit key only (the token is not kept: ~12M rows a day at 10M
+#: transactions, and writing their 64-character tokens was most of the refresh's cost);
+#: ``card_visit_days.prev_date`` of a new day is looked up here.
 CARD_DAYS_COLUMNS: tuple[Column, ...] = (
     Column("terminal_id", "str", True, description="terminal, or '*' for any terminal"),
-    Column("card_token", "str", True, description="card token (never a PAN)"),
     Column("local_date", "date", True),
     Column(
         "pair_key",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-from sklearn.base import BaseEstimator
 
 from features.daily import EVIDENCE_BEHAVIOURS
 from features.schema import DETECTION_SCHEMA, REASON_STRUCT
@@ -1150,37 +1149,3 @@ def detect(day: pl.LazyFrame, config: dict[str, Any]) -> pl.LazyFrame:
         else:
             parts.append(behaviour_detections(day, behaviour, checks))
     return pl.concat(parts, how="vertical").cast(dict(DETECTION_SCHEMA))
-
-
-class RuleDetector(BaseEstimator):
-    """The rule detectors as a scikit-learn style estimator (stateless; ``fit`` checks config).
-
-    Parameters
-    ----------
-    config : dict or None
-        Thresholds (:func:`models.config.load_config`); ``None`` loads the defaults.
-    """
-
-    def __init__(self, config: dict[str, Any] | None = None):
-        self.config = config
-
-    def fit(self, X=None, y=None):
-        """Validate the configuration; returns self."""
-        from models.config import load_config
-
-        cfg = load_config() if self.config is None else self.config
-        missing = [b for b in RULE_BEHAVIOURS if b not in cfg]
-        if missing:
-            raise ValueError(
-                f"config has no tables for {missing}; expected every table of "
-                "models/thresholds.toml (start from load_config())"
-            )
-        self.config_ = cfg
-        return self
-
-    def detect(self, day: pl.LazyFrame) -> pl.LazyFrame:
-        """Detections for a terminal-day frame (see :func:`detect`)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
-        return detect(day, self.config_)

@@ -233,6 +233,7 @@ def read_terminal_sales(con: duckdb.DuckDBPyConnection, start: date, end: date) 
 #: a probe row (terminal ``'#probe'``, day 1970-01-01) records it, and the day tables are
 #: rebuilt when it no longer matches.
 _PAIR_KEY = "(hash(terminal_id, card_token) >> 1)::BIGINT"
+_ANY_PAIR_KEY = "(hash('*', card_token) >> 1)::BIGINT"  # _PAIR_KEY of terminal '*'
 _PROBE = "'#probe'"
 _CACHE_TABLES = ("card_visit_days", "terminal_day_sales", "card_days")
 
@@ -260,7 +261,7 @@ def _writable_cache(con: duckdb.DuckDBPyConnection) -> bool:
         for table in _CACHE_TABLES:
             con.execute(f"DELETE FROM {table}").fetchall()
         con.execute(
-            f"INSERT INTO card_days SELECT {_PROBE}, 'probe', DATE '1970-01-01', ({probe})"
+            f"INSERT INTO card_days SELECT {_PROBE}, DATE '1970-01-01', ({probe})"
         ).fetchall()
     return True
 
@@ -297,17 +298,23 @@ def _refresh_day(con: duckdb.DuckDBPyConnection, day: date) -> None:
         """,
         [day],
     ).fetchall()
+    # pairs by their key (a 63-bit hash, as the look-ups match them), the terminal's
+    # and the '*' rows in two statements: one DISTINCT over (terminal, card token)
+    # feeding both was ~1.7x the CPU of the two at 10M transactions
     con.execute(
         f"""
         INSERT INTO card_days BY POSITION
-        WITH pairs AS (
-            SELECT DISTINCT terminal_id, card_token FROM transactions
-            WHERE local_date = $day AND card_token IS NOT NULL
-        )
-        SELECT terminal_id, card_token, $day, {_PAIR_KEY} FROM pairs
-        UNION ALL
-        SELECT '*', card_token, $day, {_PAIR_KEY}
-        FROM (SELECT DISTINCT '*' AS terminal_id, card_token FROM pairs)
+        SELECT DISTINCT terminal_id, $day, {_PAIR_KEY} FROM transactions
+        WHERE local_date = $day AND card_token IS NOT NULL
+        """,
+        {"day": day},
+    ).fetchall()
+    con.execute(
+        f"""
+        INSERT INTO card_days BY POSITION
+        SELECT '*', $day, {_ANY_PAIR_KEY}
+        FROM (SELECT DISTINCT card_token FROM transactions
+              WHERE local_date = $day AND card_token IS NOT NULL)
         """,
         {"day": day},
     ).fetchall()

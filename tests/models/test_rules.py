@@ -14,7 +14,8 @@ from features.policy import policy_frame
 from features.schema import DETECTION_SCHEMA
 from features.transactions import enrich_transactions
 from models.config import load_config
-from models.rules import RuleDetector, detect
+from models.rule_detector import RuleDetector
+from models.rules import detect
 
 _path = Path(__file__).parents[1] / "features" / "_frames.py"
 _spec = importlib.util.spec_from_file_location("_frames", _path)
