@@ -49,6 +49,7 @@ def test_spilled_partitions_cover_every_row_once(tmp_path):
         whole = detect.read_day_transactions(con, T.F.DAY)
         # small batches: a partition is made of pieces of several batches
         folders = detect.spill_day_transactions(con, T.F.DAY, tmp_path / "spill", 4, batch_rows=64)
+        reads = [detect.read_day_transactions(con, T.F.DAY, partition=(i, 4)) for i in range(4)]
         with pytest.raises(ValueError, match="count of partitions"):
             detect.spill_day_transactions(con, T.F.DAY, tmp_path / "bad", 0)
     finally:
@@ -62,6 +63,13 @@ def test_spilled_partitions_cover_every_row_once(tmp_path):
     assert ids["terminal_id"].is_unique().all()
     got = pl.concat(parts).sort("txn_id")
     assert got.equals(whole.sort("txn_id"))
+    # partition i of the spill is partition i of the read: the same terminal hash
+    for folder, read in zip(folders, reads, strict=True):
+        spilled = detect.load_spilled(folder)
+        if read.height == 0:
+            assert spilled is None
+        else:
+            assert spilled.sort("txn_id").equals(read.sort("txn_id"))
 
 
 def test_run_workers_setting(monkeypatch):
