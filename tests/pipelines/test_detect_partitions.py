@@ -142,3 +142,19 @@ def test_worker_environment_is_set_inside_the_block_and_restored(monkeypatch):
         assert os.environ["TG_UNSET_FOR_TEST"] == "x"
     assert os.environ["POLARS_MAX_THREADS"] == "7"
     assert "TG_UNSET_FOR_TEST" not in os.environ
+
+
+def test_worker_module_imports_neither_duckdb_nor_sklearn():
+    # Each worker process imports pipelines.partition once per run date: scikit-learn
+    # (with scipy and pandas) and DuckDB cost ~3 s of CPU per worker (docs/detection.md).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipelines.partition; "
+        "print(sorted(m for m in ('sklearn', 'duckdb', 'pandas', 'prefect') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
