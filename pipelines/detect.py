@@ -242,7 +242,8 @@ def spill_day_transactions(
     sql = f"SELECT *, ({_partition_sql(parts)})::INTEGER AS _tg_part FROM ({_day_sql()})"
     reader = con.sql(sql, params=[as_of, as_of - timedelta(days=lookback_days), as_of])
     reader = reader.to_arrow_reader(int(batch_rows))
-    schema = reader.schema.remove(reader.schema.get_field_index("_tg_part"))
+    at = reader.schema.get_field_index("_tg_part")
+    schema = reader.schema.remove(at)
     options = ipc.IpcWriteOptions(compression="lz4")
     writers: list[ipc.RecordBatchFileWriter | None] = [None] * parts
     try:
@@ -251,7 +252,9 @@ def spill_day_transactions(
                 continue
             part = batch.column("_tg_part").to_numpy()
             counts = np.bincount(part, minlength=parts)
-            rows = batch.drop_columns(["_tg_part"]).take(pa.array(np.argsort(part, kind="stable")))
+            rows = pa.RecordBatch.from_arrays(
+                [c for k, c in enumerate(batch.columns) if k != at], schema=schema
+            ).take(pa.array(np.argsort(part, kind="stable")))
             start = 0
             for i in np.flatnonzero(counts):
                 if writers[i] is None:
