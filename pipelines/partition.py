@@ -227,16 +227,10 @@ def _detect_frame(
     return day, det, txns.height, set(txns.get_column("file_id").unique().to_list())
 
 
-def _detect_spilled(
-    path: Path,
-    registry: pl.DataFrame,
-    pol: pl.DataFrame,
-    config: dict[str, Any],
-    implausible: pl.DataFrame,
-    history: pl.DataFrame,
-    telemetry: pl.DataFrame | None,
-) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
-    """One spilled partition through :func:`detect_partition` (runs in a worker process)."""
-    return _detect_frame(
-        load_spilled(path), registry, pol, config, implausible, history, telemetry
-    )
+def _detect_spilled(path: Path, *context: Any) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
+    """:func:`_detect_frame` of a spilled partition (runs in a worker process).
+
+    ``context`` is the rest of :func:`_detect_frame`'s arguments (registry, policies,
+    config, implausible, history, telemetry of the partition's terminals).
+    """
+    return _detect_frame(load_spilled(path), *context)
