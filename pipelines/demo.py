@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--follow-up-days",
         type=int,
-        default=30,
+        default=60,
         help="nights to keep monitoring after the last trading day, while late fraud "
-        "reports arrive (common point of compromise needs them; default 30)",
+        "reports arrive (common point of compromise needs them; default 60, domain.md "
+        "§2.1: fraud comes weeks after the compromise and is reported weeks after that)",
     )
 
 

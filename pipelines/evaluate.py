@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,42 @@ def _frame(con, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
 
 
+def read_label_coverage(con, date_to: date | None = None) -> dict[str, Any]:
+    """How many fraud reports the runs had seen: the labels behind the leakage detectors.
+
+    Fraud reports arrive weeks after the compromise (domain.md §2.1 step 6), and a run
+    on day D uses only those reported by the end of D. ``last_run`` is the latest date
+    of a succeeded ``trialguard run`` (no later than ``date_to``); ``after`` counts the
+    stored reports that arrived after it, ``last_reported`` is the newest report's day.
+    """
+    last_run = con.execute(
+        """
+        SELECT max(as_of) FROM runs
+        WHERE command = 'run' AND status = 'succeeded' AND (?::DATE IS NULL OR as_of <= ?::DATE)
+        """,
+        [date_to, date_to],
+    ).fetchone()[0]
+    total, after, last_reported = con.execute(
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE ?::DATE IS NULL OR reported_at >= ?::DATE + 1),
+               max(reported_at)::DATE
+        FROM fraud_reports
+        """,
+        [last_run, last_run],
+    ).fetchone()
+    return {
+        "last_run": last_run,
+        "reports": int(total),
+        "after": int(after),
+        "last_reported": last_reported,
+    }
+
+
 def read_store(
     settings: Settings, date_from: date | None = None, date_to: date | None = None
-) -> tuple[pl.DataFrame, list[str], pl.DataFrame]:
-    """Flags (restricted to the date range), all terminal ids, and dispositions."""
+) -> tuple[pl.DataFrame, list[str], pl.DataFrame, dict[str, Any]]:
+    """Flags (restricted to the date range), all terminal ids, dispositions and label coverage."""
     con = connect(settings.db_path, read_only=True)
     try:
         flags = _frame(
@@ -90,11 +122,32 @@ def read_store(
             "SELECT terminal_id FROM terminals UNION SELECT terminal_id FROM transactions",
         )["terminal_id"].to_list()
         dispositions = _frame(con, "SELECT flag_id, decision, decided_at FROM dispositions")
+        labels = read_label_coverage(con, date_to)
     finally:
         con.close()
     if date_from is not None or date_to is not None:
         dispositions = dispositions.filter(pl.col("flag_id").is_in(flags["flag_id"].implode()))
-    return flags, terminals, dispositions
+    return flags, terminals, dispositions, labels
+
+
+def label_note(labels: dict[str, Any]) -> str:
+    """One paragraph on the labels the leakage detectors had (see :func:`read_label_coverage`)."""
+    if labels["reports"] == 0:
+        return "labels: the store holds no fraud reports (card_compromise and fraud_hotspot need them)"
+    if labels["last_run"] is None:
+        return "labels: no succeeded `trialguard run` is recorded in the store"
+    last, after, total = labels["last_run"], labels["after"], labels["reports"]
+    if after == 0:
+        return (
+            f"labels: all {total:,} fraud reports in the store were known by the last run ({last})"
+        )
+    end = labels["last_reported"]
+    return (
+        f"labels: {after:,} of {total:,} fraud reports ({100 * after / total:.1f}%) arrived after "
+        f"the last run ({last}), up to {end}; card_compromise and fraud_hotspot have not seen "
+        f"them, so their recall is measured on incomplete labels. To measure with every label, "
+        f"keep the nightly run going: trialguard run --from {last + timedelta(days=1)} --to {end}"
+    )
 
 
 def _pct(v: float | None) -> str:
@@ -143,17 +196,20 @@ def print_report(result: dict[str, Any], console=None) -> None:
             f"analyst-confirmed precision: {_pct(a['precision'])} "
             f"({a['confirmed']} confirmed, {a['dismissed']} dismissed)"
         )
+    if result.get("labels") is not None:
+        console.print(label_note(result["labels"]))
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """Entry point of ``trialguard evaluate``."""
     try:
         truth = read_truth(args.truth)
-        flags, terminals, dispositions = read_store(settings, args.date_from, args.date_to)
+        flags, terminals, dispositions, labels = read_store(settings, args.date_from, args.date_to)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = evaluate(truth, flags, terminals, dispositions, ks=tuple(args.k or ()))
+    result["labels"] = labels
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

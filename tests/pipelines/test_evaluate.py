@@ -102,3 +102,70 @@ def test_evaluate_cli_table_and_errors(tmp_path, capsys):
     bad.write_text("terminal_id,behaviour\nT0000001,teleport\n")
     assert cli_main(["--db", str(db), "evaluate", "--truth", str(bad)]) == 2
     assert "unknown behaviours ['teleport']" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_labels_the_runs_had(tmp_path, capsys):
+    """Fraud reports that arrived after the last run are counted and the way to include them named."""
+    db = tmp_path / "tg.duckdb"
+    write_store(db)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("terminal_id,behaviour\nT0000001,card_compromise\n")
+    args = ["--db", str(db), "evaluate", "--truth", str(truth)]
+
+    assert cli_main(args) == 0
+    assert "the store holds no fraud reports" in capsys.readouterr().out
+
+    con = connect(db)
+    for i, reported in enumerate(
+        [datetime(2024, 3, 20, 9), datetime(2024, 3, 31, 23, 59), datetime(2024, 4, 15, 8)]
+    ):
+        con.execute(
+            "INSERT INTO fraud_reports (report_id, card_token, fraud_time, reported_at, "
+            "fraud_type, file_id, line_no) VALUES (?, 'tok', ?, ?, 'counterfeit', 'f', ?)",
+            [f"R{i}", datetime(2024, 3, 10), reported, i + 1],
+        )
+    con.close()
+    assert cli_main(args) == 0
+    assert "no succeeded `trialguard run`" in capsys.readouterr().out
+
+    con = connect(db)
+    for run_id, as_of, status in [
+        ("r1", date(2024, 3, 20), "succeeded"),
+        ("r2", date(2024, 3, 31), "succeeded"),
+        ("r3", date(2024, 4, 20), "failed"),  # a failed run saw nothing
+    ]:
+        con.execute(
+            "INSERT INTO runs (run_id, command, as_of, started_at, status) "
+            "VALUES (?, 'run', ?, ?, ?)",
+            [run_id, as_of, datetime(2024, 5, 1), status],
+        )
+    con.close()
+    assert cli_main([*args, "--json"]) == 0
+    labels = json.loads(capsys.readouterr().out)["labels"]
+    # the report of 31 March 23:59 was known by the end of the run date
+    assert labels == {
+        "last_run": "2024-03-31",
+        "reports": 3,
+        "after": 1,
+        "last_reported": "2024-04-15",
+    }
+    assert cli_main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 of 3 fraud reports (33.3%) arrived after the last run (2024-03-31)" in out
+    assert "trialguard run --from 2024-04-01 --to 2024-04-15" in out
+
+    # evaluating flags up to 25 March: the runs up to then had seen one report of three
+    assert cli_main([*args, "--to", "2024-03-25"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 of 3 fraud reports (66.7%) arrived after the last run (2024-03-20)" in out
+
+    con = connect(db)
+    con.execute(
+        "INSERT INTO runs (run_id, command, as_of, started_at, status) "
+        "VALUES ('r4', 'run', DATE '2024-04-15', TIMESTAMP '2024-05-01', 'succeeded')"
+    )
+    con.close()
+    assert cli_main(args) == 0
+    assert "all 3 fraud reports in the store were known by the last run (2024-04-15)" in (
+        " ".join(capsys.readouterr().out.split())
+    )
