@@ -184,30 +184,31 @@ def anomaly_view(day: pl.DataFrame, config: dict[str, Any]) -> pl.DataFrame:
     if day.height < 20:
         return empty  # too few terminal-days to learn what normal looks like
     # The forest's subsamples depend on row order; a fixed order makes runs repeatable
-    # (group_by output order is not).
-    day = day.sort("terminal_id", "local_date")
-    X = model_matrix(day)
+    # (group_by output order is not). Only the model's columns are put in that order.
+    order = day.select(pl.arg_sort_by("terminal_id", "local_date")).to_series().to_numpy()
+    X = model_matrix(day)[order]
     model = PeerAnomalyDetector(
         n_estimators=int(a["n_estimators"]),
         alert_budget=float(a["alert_budget"]),
         random_state=int(a["random_state"]),
     ).fit(X)
-    scores = -model.score_samples(X)
+    raw = model.score_samples(X)  # once: decision_function would score every row again
     # An isolation forest splits on one feature at a time, so a row far out on a
     # single feature among many is isolated late; such a row alerts too.
-    alert = (model.decision_function(X) < 0) | (X.max(axis=1) >= float(a["feature_z"]))
-    idx, vals = model.top_features(X, k=3)
+    alert = (raw - model.offset_ < 0) | (X.max(axis=1) >= float(a["feature_z"]))
     rows = np.nonzero(alert)[0]
     if rows.size == 0:
         return empty
+    idx, vals = model.top_features(X[rows], k=3)  # reasons of the alerting rows only
     names = np.asarray(MODEL_FEATURES)
     k = idx.shape[1]
     rep = np.repeat(rows, k)
-    feat = names[idx[rows].ravel()]
-    z = vals[rows].ravel()
+    feat = names[idx.ravel()]
+    z = vals.ravel()
     keep = z >= float(a["reason_z"])
     rep, feat, z = rep[keep], feat[keep], z[keep]
-    sub = day[rep]
+    scores = -raw
+    sub = day[order[rep]]
     pct = [sub[f"pct_{f}"][i] for i, f in enumerate(feat)] if rep.size else []
     out = pl.DataFrame(
         {

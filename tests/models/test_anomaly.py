@@ -13,6 +13,7 @@ from features.peers import PEER_FEATURES, with_peer_features
 from features.schema import DETECTION_SCHEMA
 from models.anomaly import (
     MODEL_FEATURES,
+    Z_CLIP,
     PeerAnomalyDetector,
     anomaly_detections,
     anomaly_view,
@@ -87,6 +88,26 @@ def test_view_names_the_feature_and_the_behaviour():
     assert hit.height >= 1
     assert "relocation" in hit["behaviour"].to_list()
     assert "distance_p50_km" in hit["feature"].to_list()
+
+
+def test_view_does_not_depend_on_the_row_order_of_the_day():
+    """The forest sees one fixed order; each reason carries its own row's peer percentile."""
+    day = day_frame().with_columns(
+        pl.when(pl.col("terminal_id") == "T0000007")
+        .then(pl.lit(40.0))
+        .otherwise(pl.col("distance_p50_km"))
+        .alias("distance_p50_km")
+    )
+    peers = with_peer_features(day.lazy(), min_peers=8).collect()
+    view = anomaly_view(peers, CFG)
+    for seed in (1, 2):
+        shuffled = peers.sample(fraction=1.0, shuffle=True, seed=seed)
+        assert shuffled["terminal_id"].to_list() != peers["terminal_id"].to_list()
+        assert anomaly_view(shuffled, CFG).equals(view)
+    hit = view.filter(pl.col("feature") == "distance_p50_km").row(0, named=True)
+    own = peers.filter(pl.col("terminal_id") == hit["terminal_id"]).row(0, named=True)
+    assert hit["pct"] == own["pct_distance_p50_km"]
+    assert hit["z"] == min(own["z_distance_p50_km"], Z_CLIP) and hit["z"] > 0
 
 
 def test_anomaly_adds_a_reason_to_a_matching_rule_detection_only():
