@@ -94,6 +94,7 @@ def read_label_coverage(con, date_to: date | None = None) -> dict[str, Any]:
         [last_run, last_run],
     ).fetchone()
     return {
+        "to": date_to,
         "last_run": last_run,
         "reports": int(total),
         "after": int(after),
@@ -135,7 +136,8 @@ def label_note(labels: dict[str, Any]) -> str:
     if labels["reports"] == 0:
         return "labels: the store holds no fraud reports (card_compromise and fraud_hotspot need them)"
     if labels["last_run"] is None:
-        return "labels: no succeeded `trialguard run` is recorded in the store"
+        upto = "" if labels.get("to") is None else f" on or before {labels['to']}"
+        return f"labels: no succeeded `trialguard run`{upto} is recorded in the store"
     last, after, total = labels["last_run"], labels["after"], labels["reports"]
     if after == 0:
         return (

@@ -144,6 +144,7 @@ def test_evaluate_reports_the_labels_the_runs_had(tmp_path, capsys):
     labels = json.loads(capsys.readouterr().out)["labels"]
     # the report of 31 March 23:59 was known by the end of the run date
     assert labels == {
+        "to": None,
         "last_run": "2024-03-31",
         "reports": 3,
         "after": 1,
@@ -158,6 +159,8 @@ def test_evaluate_reports_the_labels_the_runs_had(tmp_path, capsys):
     assert cli_main([*args, "--to", "2024-03-25"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "2 of 3 fraud reports (66.7%) arrived after the last run (2024-03-20)" in out
+    assert cli_main([*args, "--to", "2024-03-19"]) == 0
+    assert "no succeeded `trialguard run` on or before 2024-03-19" in capsys.readouterr().out
 
     con = connect(db)
     con.execute(
