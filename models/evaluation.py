@@ -8,6 +8,7 @@ reads the truth file and the store.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import polars as pl
@@ -145,6 +146,84 @@ def precision_at_k(truth: pl.DataFrame, flags: pl.DataFrame, k: int) -> dict[str
     return {"k": k, "n": n, "hits": hits, "precision": hits / n if n else None}
 
 
+def days_to_flag(
+    truth: pl.DataFrame,
+    flags: pl.DataFrame,
+    window: tuple[date, date] | None = None,
+) -> pl.DataFrame:
+    """Per behaviour: days from an injected behaviour's start to its terminal's first flag.
+
+    Each truth row is an episode. Its delay is the earliest ``first_seen`` of the
+    terminal's flags of that behaviour still open on or after the episode's ``start`` (a
+    flag that ended before it began did not find it), minus that ``start``; 0 means
+    flagged on its first day. A terminal's delay is that of its earliest-found episode;
+    terminals never flagged (FN) have none. With ``window`` (the first and last run
+    date), only episodes starting inside it are timed: a run cannot find an episode
+    before it starts, and one dated outside the runs (a terminal clock years off)
+    has no meaningful delay.
+
+    Parameters
+    ----------
+    truth : pl.DataFrame
+        ``terminal_id``, ``behaviour``, ``start`` (date).
+    flags : pl.DataFrame
+        ``terminal_id``, ``behaviour``, ``first_seen``, ``last_seen``.
+    window : tuple of date, optional
+        First and last run date.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``behaviour``, ``n_timed`` (true terminals with a delay), ``days_median``,
+        ``days_max``; one row per behaviour of the truth.
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> t = pl.DataFrame({"terminal_id": ["A", "B"], "behaviour": "x",
+    ...                   "start": [date(2025, 9, 1), date(2025, 9, 3)]})
+    >>> f = pl.DataFrame({"terminal_id": ["A", "B"], "behaviour": "x",
+    ...                   "first_seen": [date(2025, 9, 1), date(2025, 9, 6)],
+    ...                   "last_seen": [date(2025, 9, 2), date(2025, 9, 6)]})
+    >>> days_to_flag(t, f).row(0)
+    ('x', 2, 1.5, 3)
+    """
+    keys = ["terminal_id", "behaviour"]
+    episodes = truth.select(
+        *(pl.col(k).cast(pl.String) for k in keys), pl.col("start").cast(pl.Date)
+    ).drop_nulls()
+    timed = episodes
+    if window is not None:
+        timed = episodes.filter(pl.col("start").is_between(*window))
+    found = (
+        timed.with_row_index("_episode")
+        .join(
+            flags.select(*(pl.col(k).cast(pl.String) for k in keys), "first_seen", "last_seen"),
+            on=keys,
+        )
+        .filter(pl.col("last_seen") >= pl.col("start"))
+        .group_by("_episode", *keys)
+        .agg((pl.col("first_seen").min() - pl.col("start").first()).dt.total_days().alias("d"))
+        .group_by(keys)
+        .agg(pl.col("d").min())
+    )
+    return (
+        episodes.select("behaviour")
+        .unique()
+        .join(
+            found.group_by("behaviour").agg(
+                pl.len().cast(pl.Int64).alias("n_timed"),
+                pl.col("d").median().alias("days_median"),
+                pl.col("d").max().cast(pl.Int64).alias("days_max"),
+            ),
+            on="behaviour",
+            how="left",
+        )
+        .with_columns(pl.col("n_timed").fill_null(0))
+        .sort("behaviour")
+    )
+
+
 def confirmed_precision(dispositions: pl.DataFrame) -> dict[str, Any]:
     """Analyst-confirmed precision: confirmed / (confirmed + dismissed), latest decision per flag."""
     latest = (
@@ -168,29 +247,39 @@ def evaluate(
     terminals: pl.Series | list[str],
     dispositions: pl.DataFrame | None = None,
     ks: tuple[int, ...] = (50, 100),
+    window: tuple[date, date] | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``trialguard evaluate`` as one JSON-ready dictionary.
 
     Parameters
     ----------
     truth : pl.DataFrame
-        ``terminal_id``, ``behaviour``.
+        ``terminal_id``, ``behaviour`` (and ``start``).
     flags : pl.DataFrame
-        ``terminal_id``, ``behaviour``, ``score`` (and ``flag_id``).
+        ``terminal_id``, ``behaviour``, ``score`` (and ``flag_id``, ``first_seen``,
+        ``last_seen``).
     terminals : Series or list of str
         All terminals of the trial (for the clean false-positive rate).
     dispositions : pl.DataFrame, optional
         ``flag_id``, ``decision``, ``decided_at``; analyst-confirmed precision when given.
     ks : tuple of int
         Cut-offs of Precision@k besides the number of truth terminals.
+    window : tuple of date, optional
+        First and last run date: the episodes :func:`days_to_flag` times.
 
     Returns
     -------
     dict
-        ``behaviours`` (list of per-behaviour rows), ``macro_f1``, ``clean``,
+        ``behaviours`` (list of per-behaviour rows; with ``days_median`` and
+        ``days_max`` of :func:`days_to_flag` when ``truth`` has ``start`` and ``flags``
+        have ``first_seen`` and ``last_seen``), ``macro_f1``, ``clean``,
         ``precision_at_k`` (list) and ``analyst`` (or None).
     """
     metrics = behaviour_metrics(truth, flags)
+    timed = {"start"} <= set(truth.columns) and {"first_seen", "last_seen"} <= set(flags.columns)
+    if timed:
+        delays = days_to_flag(truth, flags, window)
+        metrics = metrics.join(delays.drop("n_timed"), on="behaviour", how="left")
     n_truth = truth.get_column("terminal_id").n_unique()
     cutoffs = sorted({k for k in (n_truth, *ks) if k >= 1})
     analyst = None

@@ -62,7 +62,16 @@ def read_truth(path: Path) -> pl.DataFrame:
             f"truth file {path} names unknown behaviours {unknown}; known codes are "
             f"{sorted(BEHAVIOURS)}"
         )
-    return truth.select(TRUTH_COLUMNS).drop_nulls()
+    truth = truth.select(*TRUTH_COLUMNS, *(["start"] if "start" in truth.columns else []))
+    if "start" in truth.columns:  # days to the first flag are measured from it
+        try:
+            truth = truth.with_columns(pl.col("start").str.to_date("%Y-%m-%d"))
+        except pl.exceptions.InvalidOperationError as exc:
+            raise ValueError(
+                f"truth file {path}: column start holds a value that is not a date "
+                f"YYYY-MM-DD ({exc}); fix it or drop the column"
+            ) from None
+    return truth.drop_nulls(TRUTH_COLUMNS)
 
 
 def _frame(con, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
@@ -77,13 +86,13 @@ def read_label_coverage(con, date_to: date | None = None) -> dict[str, Any]:
     of a succeeded ``trialguard run`` (no later than ``date_to``); ``after`` counts the
     stored reports that arrived after it, ``last_reported`` is the newest report's day.
     """
-    last_run = con.execute(
+    first_run, last_run = con.execute(
         """
-        SELECT max(as_of) FROM runs
+        SELECT min(as_of), max(as_of) FROM runs
         WHERE command = 'run' AND status = 'succeeded' AND (?::DATE IS NULL OR as_of <= ?::DATE)
         """,
         [date_to, date_to],
-    ).fetchone()[0]
+    ).fetchone()
     total, after, last_reported = con.execute(
         """
         SELECT count(*),
@@ -95,6 +104,7 @@ def read_label_coverage(con, date_to: date | None = None) -> dict[str, Any]:
     ).fetchone()
     return {
         "to": date_to,
+        "first_run": first_run,
         "last_run": last_run,
         "reports": int(total),
         "after": int(after),
@@ -156,6 +166,13 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def _days(row: dict[str, Any]) -> str:
+    """Median (max) days from the injected start to the first flag, ``-`` when none."""
+    if row.get("days_median") is None:
+        return "-"
+    return f"{row['days_median']:g} ({row['days_max']})"
+
+
 def print_report(result: dict[str, Any], console=None) -> None:
     """The metrics as readable tables (rich)."""
     from rich.console import Console
@@ -163,7 +180,9 @@ def print_report(result: dict[str, Any], console=None) -> None:
 
     console = console or Console()
     table = Table(title="Terminal-level quality per behaviour")
-    for col in ("behaviour", "truth", "flagged", "TP", "FP", "FN", "precision", "recall", "F1"):
+    timed = any("days_median" in r for r in result["behaviours"])
+    cols = ["behaviour", "truth", "flagged", "TP", "FP", "FN", "precision", "recall", "F1"]
+    for col in cols + (["days to flag"] if timed else []):
         table.add_column(col, justify="left" if col == "behaviour" else "right", no_wrap=True)
     for r in result["behaviours"]:
         table.add_row(
@@ -176,8 +195,15 @@ def print_report(result: dict[str, Any], console=None) -> None:
             _pct(r["precision"]),
             _pct(r["recall"]),
             "-" if r["f1"] is None else f"{r['f1']:.3f}",
+            *([_days(r)] if timed else []),
         )
     console.print(table)
+    if timed:
+        console.print(
+            "days to flag: median (max) days from an injected behaviour's start to its "
+            "terminal's first flag of it, over the true positives whose behaviour started "
+            "within the runs' dates"
+        )
     macro = result["macro_f1"]
     clean = result["clean"]
     console.print(
@@ -210,7 +236,15 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = evaluate(truth, flags, terminals, dispositions, ks=tuple(args.k or ()))
+    runs = (labels["first_run"], labels["last_run"])
+    result = evaluate(
+        truth,
+        flags,
+        terminals,
+        dispositions,
+        ks=tuple(args.k or ()),
+        window=runs if None not in runs else None,
+    )
     result["labels"] = labels
     if args.json:
         print(json.dumps(result, indent=2, default=str))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import polars as pl
 import pytest
 
-from models.evaluation import behaviour_metrics, evaluate
+from models.evaluation import behaviour_metrics, days_to_flag, evaluate
 
 # Terminals A..J. Truth: A, B relocation; C card_compromise; D cash_out.
 TRUTH = pl.DataFrame(
@@ -69,3 +69,47 @@ def test_summary_by_hand():
     assert (pk[4]["n"], pk[4]["hits"]) == (3, 2)
     # latest decisions: f1 confirmed, f2 confirmed (after dismissed), f4 dismissed; f3 snoozed
     assert r["analyst"] == {"confirmed": 2, "dismissed": 1, "precision": pytest.approx(2 / 3)}
+
+
+def d(day: int) -> date:
+    return date(2025, 9, day)
+
+
+def test_days_to_flag_by_hand():
+    truth = pl.DataFrame(
+        {
+            "terminal_id": ["A", "A", "B", "C", "D", "E"],
+            "behaviour": ["relocation"] * 4 + ["cash_out", "cash_out"],
+            # A: two episodes, the second found first; E: dated before the runs (clock)
+            "start": [d(2), d(10), d(5), d(8), d(3), date(2000, 1, 1)],
+        }
+    )
+    flags = pl.DataFrame(
+        {
+            "terminal_id": ["A", "B", "B", "E"],
+            "behaviour": ["relocation", "relocation", "relocation", "cash_out"],
+            "first_seen": [d(11), d(1), d(9), d(4)],
+            "last_seen": [d(12), d(3), d(9), d(4)],  # B's first flag ended before its start
+        }
+    )
+    out = {r["behaviour"]: r for r in days_to_flag(truth, flags).iter_rows(named=True)}
+    # A: episode 2 -> 11 - 2 = 9, episode 10 -> 1: the earliest-found counts (1);
+    # B: 9 - 5 = 4; C never flagged
+    assert out["relocation"] == {
+        "behaviour": "relocation",
+        "n_timed": 2,
+        "days_median": 2.5,
+        "days_max": 4,
+    }
+    # E's episode of the year 2000 is timed without a window (9,378 days) ...
+    assert out["cash_out"]["days_max"] == (d(4) - date(2000, 1, 1)).days
+    # ... and left out with the runs' dates; D was never flagged
+    windowed = days_to_flag(truth, flags, (d(1), d(30)))
+    row = windowed.filter(pl.col("behaviour") == "cash_out").row(0, named=True)
+    assert row["n_timed"] == 0 and row["days_median"] is None
+    # evaluate adds the two columns when truth has a start and flags have their dates
+    scored = flags.with_columns(pl.lit(0.9).alias("score"))
+    r = evaluate(truth, scored, list("ABCDEF"), window=(d(1), d(30)))
+    rows = {b["behaviour"]: b for b in r["behaviours"]}
+    assert rows["relocation"]["days_median"] == 2.5 and rows["relocation"]["days_max"] == 4
+    assert "days_median" not in evaluate(TRUTH, FLAGS, TERMINALS)["behaviours"][0]

@@ -75,6 +75,9 @@ def test_evaluate_cli_json(tmp_path, capsys):
     assert rows["fraud_hotspot"]["precision"] == 0.5 and rows["fraud_hotspot"]["recall"] == 1.0
     assert r["clean"] == {"clean_terminals": 3, "clean_flagged": 1, "rate": 1 / 3}
     assert r["analyst"]["precision"] == 1.0
+    # days to flag, from the truth's start: T1 started 1 March, flagged 5 March
+    assert rows["card_compromise"]["days_median"] == 4.0
+    assert rows["card_compromise"]["days_max"] == 4
 
     # --to before T2's flag: the hotspot is missed, T3's false flag remains
     assert (
@@ -102,6 +105,9 @@ def test_evaluate_cli_table_and_errors(tmp_path, capsys):
     bad.write_text("terminal_id,behaviour\nT0000001,teleport\n")
     assert cli_main(["--db", str(db), "evaluate", "--truth", str(bad)]) == 2
     assert "unknown behaviours ['teleport']" in capsys.readouterr().err
+    bad.write_text("terminal_id,behaviour,start\nT0000001,card_compromise,1 March\n")
+    assert cli_main(["--db", str(db), "evaluate", "--truth", str(bad)]) == 2
+    assert "column start holds a value that is not a date" in capsys.readouterr().err
 
 
 def test_evaluate_reports_the_labels_the_runs_had(tmp_path, capsys):
@@ -145,6 +151,7 @@ def test_evaluate_reports_the_labels_the_runs_had(tmp_path, capsys):
     # the report of 31 March 23:59 was known by the end of the run date
     assert labels == {
         "to": None,
+        "first_run": "2024-03-20",
         "last_run": "2024-03-31",
         "reports": 3,
         "after": 1,
