@@ -66,7 +66,7 @@ def read_truth(path: Path) -> pl.DataFrame:
     if "start" in truth.columns:  # days to the first flag are measured from it
         try:
             truth = truth.with_columns(pl.col("start").str.to_date("%Y-%m-%d"))
-        except pl.exceptions.InvalidOperationError as exc:
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
             raise ValueError(
                 f"truth file {path}: column start holds a value that is not a date "
                 f"YYYY-MM-DD ({exc}); fix it or drop the column"
