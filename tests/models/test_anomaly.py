@@ -75,14 +75,19 @@ def test_ten_times_the_amount_raises_the_anomaly_score():
     assert scores(spiked)[0] > before
 
 
-def test_view_names_the_feature_and_the_behaviour():
+def far_terminal_peers() -> pl.DataFrame:
+    """``day_frame`` with T0000007 reported 40 km from its address, with peer features."""
     day = day_frame().with_columns(
         pl.when(pl.col("terminal_id") == "T0000007")
         .then(pl.lit(40.0))
         .otherwise(pl.col("distance_p50_km"))
         .alias("distance_p50_km")
     )
-    peers = with_peer_features(day.lazy(), min_peers=8).collect()
+    return with_peer_features(day.lazy(), min_peers=8).collect()
+
+
+def test_view_names_the_feature_and_the_behaviour():
+    peers = far_terminal_peers()
     view = anomaly_view(peers, CFG)
     hit = view.filter(pl.col("terminal_id") == "T0000007")
     assert hit.height >= 1
@@ -92,13 +97,7 @@ def test_view_names_the_feature_and_the_behaviour():
 
 def test_view_does_not_depend_on_the_row_order_of_the_day():
     """The forest sees one fixed order; each reason carries its own row's peer percentile."""
-    day = day_frame().with_columns(
-        pl.when(pl.col("terminal_id") == "T0000007")
-        .then(pl.lit(40.0))
-        .otherwise(pl.col("distance_p50_km"))
-        .alias("distance_p50_km")
-    )
-    peers = with_peer_features(day.lazy(), min_peers=8).collect()
+    peers = far_terminal_peers()
     view = anomaly_view(peers, CFG)
     for seed in (1, 2):
         shuffled = peers.sample(fraction=1.0, shuffle=True, seed=seed)
@@ -111,13 +110,7 @@ def test_view_does_not_depend_on_the_row_order_of_the_day():
 
 
 def test_anomaly_adds_a_reason_to_a_matching_rule_detection_only():
-    day = day_frame().with_columns(
-        pl.when(pl.col("terminal_id") == "T0000007")
-        .then(pl.lit(40.0))
-        .otherwise(pl.col("distance_p50_km"))
-        .alias("distance_p50_km")
-    )
-    peers = with_peer_features(day.lazy(), min_peers=8).collect()
+    peers = far_terminal_peers()
     view = anomaly_view(peers, CFG)
     rule = pl.DataFrame(
         [
