@@ -480,7 +480,7 @@ GATE_RESULTS_COLUMNS: tuple[Column, ...] = (
 )
 
 #: Per terminal per local day aggregates: ``features/daily.py`` computes them and
-#: ``pipelines/detect.py`` upserts one row per terminal and run date into
+#: ``pipelines/detect/run.py`` upserts one row per terminal and run date into
 #: ``terminal_day``, so 7- and 30-day features read compact aggregates, not raw
 #: history. name -> logical type.
 TERMINAL_DAY_AGGREGATES: dict[str, str] = {
@@ -574,7 +574,7 @@ TERMINAL_DAY_COLUMNS: tuple[Column, ...] = (
     Column("run_id", "str", description="the run that computed the row"),
 )
 
-#: Compact per-day tables that ``pipelines/leakage.py`` keeps up to date, one day at a
+#: Compact per-day tables that ``pipelines/detect/leakage.py`` keeps up to date, one day at a
 #: time, so the cross-terminal detectors read history in aggregate, not row by row. They
 #: are derived from ``transactions`` only (never from the config), so every run, backtests
 #: included, may refresh them; a day is recomputed when its transaction count changes.

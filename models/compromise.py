@@ -26,7 +26,7 @@ The method is the acquirer specification of the domain reference (§2.1):
    too (the reference's "suspect set, then ranked").
 5. The same period (it starts on an F-card visit day) is the compromise period: every other card seen at ``t`` in it is at risk (tokens only).
 
-Everything here is a pure function over polars frames; ``pipelines.leakage``
+Everything here is a pure function over polars frames; ``pipelines.detect.leakage``
 does the reading.
 """
 
@@ -289,7 +289,7 @@ def first_fraud(reports: pl.DataFrame) -> pl.DataFrame:
 def terminal_card_counts(txns: pl.DataFrame, start: date, end: date) -> tuple[pl.DataFrame, int]:
     """``n_t`` per terminal and the number of active cards, from row-level transactions.
 
-    ``pipelines.leakage`` computes the same two numbers in SQL; this is the reference.
+    ``pipelines.detect.leakage`` computes the same two numbers in SQL; this is the reference.
     """
     inside = txns.filter(pl.col("txn_time").dt.date().is_between(start, end))
     per_terminal = inside.group_by("terminal_id").agg(
@@ -315,7 +315,7 @@ def _with_prev_date(card_days: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
 def visit_day_counts(txns: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
     """Distinct cards per terminal and day by the day of their previous visit there.
 
-    The reference of what ``pipelines.leakage`` reads from the ``card_visit_days`` table
+    The reference of what ``pipelines.detect.leakage`` reads from the ``card_visit_days`` table
     (``VISIT_DAYS_SCHEMA``; ``terminal_id = '*'`` counts visits at any terminal): the
     distinct cards of a terminal over any ``[a, b]`` inside ``[start, end]`` are the
     rows of days ``a..b`` whose ``prev_date`` is before ``a`` or null.
@@ -682,7 +682,7 @@ def score_card_compromise(
     if missing:
         raise ValueError(
             f"visit_days lacks columns {sorted(missing)}; expected {VISIT_DAYS_SCHEMA.names()} "
-            "(build it with visit_day_counts or pipelines.leakage.read_visit_days)"
+            "(build it with visit_day_counts or pipelines.detect.leakage.read_visit_days)"
         )
     known = known_reports(reports, as_of)
     visits = exposure_visits(known, card_txns, as_of, params)

@@ -2,7 +2,7 @@
 
 A terminal counts once per behaviour: it is a true positive for behaviour ``b``
 when the truth lists ``b`` for it and some flag of behaviour ``b`` names it.
-Everything here is a pure function over polars frames; ``pipelines.evaluate``
+Everything here is a pure function over polars frames; ``pipelines.analyst.evaluate``
 reads the truth file and the store.
 """
 

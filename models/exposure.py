@@ -87,7 +87,7 @@ def exposure_texts(
     Returns
     -------
     pl.DataFrame
-        ``TEXTS_SCHEMA`` rows (``pipelines.leakage`` builds the same in SQL).
+        ``TEXTS_SCHEMA`` rows (``pipelines.detect.leakage`` builds the same in SQL).
     """
     end = datetime.combine(as_of + timedelta(days=1), time())
     parts: list[pl.DataFrame] = []

@@ -104,7 +104,7 @@ class HotspotResult(NamedTuple):
 def terminal_sales(txns: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
     """Sales count and amount per terminal over ``[start, end]`` from row-level transactions.
 
-    ``pipelines.leakage`` computes the same in SQL; this is the reference.
+    ``pipelines.detect.leakage`` computes the same in SQL; this is the reference.
     """
     return (
         txns.filter(

@@ -932,7 +932,7 @@ def window_sums(cfg: dict[str, Any]) -> list[tuple[str, int, str]]:
     """Further windowed daily sums the rules read: ``(column, days, output name)``.
 
     The output is ``column`` summed over ``days`` days, today included
-    (``pipelines.detect.with_history`` computes it from stored days; a frame
+    (``pipelines.detect.run.with_history`` computes it from stored days; a frame
     without it is judged on today's value alone).
     """
     co, mf = int(cfg["cash_out"]["window_days"]), int(cfg["malfunction"]["short_window_days"])

@@ -1,6 +1,6 @@
 """Trial-end verdicts: ``pass``, ``extend`` or ``terminate``, with the evidence behind them.
 
-Pure logic: the caller (``pipelines/verdicts.py``) reads the registry, the flags
+Pure logic: the caller (``pipelines/analyst/verdicts.py``) reads the registry, the flags
 and the activity of a terminal from the store and hands them over as plain
 values. Nothing here reads files, the clock or a database.
 

@@ -18,18 +18,27 @@ from pipelines.settings import MissingKeyError, Settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("pipelines.simulate", "simulate a trial with ground truth (truth.csv)"),
     "ingest": (
-        "pipelines.ingest",
+        "pipelines.ingest.load",
         "load trial files into the database (accept or quarantine every row)",
     ),
-    "run": ("pipelines.detect", "detect behaviours for a date or a date range and write flags"),
-    "evaluate": ("pipelines.evaluate", "precision and recall per behaviour against a truth file"),
-    "flags": ("pipelines.analyst", "list flags (table, CSV or JSON)"),
-    "show": ("pipelines.analyst", "the case file of one terminal"),
-    "review": ("pipelines.analyst", "record an analyst's decision on a flag"),
-    "verdicts": ("pipelines.verdicts", "trial-end recommendations: pass, extend or terminate"),
-    "report": ("pipelines.report", "write the offline HTML report for a date"),
+    "run": (
+        "pipelines.detect.run",
+        "detect behaviours for a date or a date range and write flags",
+    ),
+    "evaluate": (
+        "pipelines.analyst.evaluate",
+        "precision and recall per behaviour against a truth file",
+    ),
+    "flags": ("pipelines.analyst.cases", "list flags (table, CSV or JSON)"),
+    "show": ("pipelines.analyst.cases", "the case file of one terminal"),
+    "review": ("pipelines.analyst.cases", "record an analyst's decision on a flag"),
+    "verdicts": (
+        "pipelines.analyst.verdicts",
+        "trial-end recommendations: pass, extend or terminate",
+    ),
+    "report": ("pipelines.analyst.report", "write the offline HTML report for a date"),
     "backtest": (
-        "pipelines.backtest",
+        "pipelines.analyst.backtest",
         "replay detection with a candidate config without touching live flags",
     ),
     "serve": ("pipelines.flows", "serve the nightly deployment on a cron schedule"),

@@ -129,7 +129,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     for k, v in ingest_accounting(settings).items():
         print(f"    {k:<28} {v:>12,}")
 
-    from pipelines.analyst import format_flags_table, open_db, query_flags
+    from pipelines.analyst.cases import format_flags_table, open_db, query_flags
 
     con = open_db(settings)
     try:
@@ -139,7 +139,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     print(format_flags_table(queue, title=f"Review queue (top {args.top}, open flags)"))
 
     print("4/4 detection quality against the simulator's truth:")
-    from pipelines.evaluate import main as evaluate_main
+    from pipelines.analyst.evaluate import main as evaluate_main
 
     evaluate_main(
         argparse.Namespace(truth=out / "truth.csv", date_from=None, date_to=None, k=[50, 100],

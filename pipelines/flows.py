@@ -9,7 +9,7 @@ The flow reads like the pipeline::
       write report
 
 Every task is a thin wrapper over a plain function in this module (or in
-``pipelines.ingest`` / ``pipelines.detect`` / ``pipelines.report``); the plain
+``pipelines.ingest.load`` / ``pipelines.detect.run`` / ``pipelines.analyst.report``); the plain
 functions return numbers, the tasks log them. The whole run holds the
 database's run lock (:mod:`pipelines.runlock`) and is recorded in ``runs``:
 status ``running`` when it starts, then ``succeeded`` or ``failed`` with the
@@ -78,7 +78,7 @@ def config_version_of(config_path: str | Path | None) -> str:
 
 def policy_version_of(con) -> str:
     """Version of the policies in force (as detection records it), ``"none"`` if none loaded."""
-    from pipelines.detect import load_policies, policy_version
+    from pipelines.detect.run import load_policies, policy_version
 
     policies = load_policies(con)
     return policy_version(policies) if policies else "none"
@@ -148,7 +148,7 @@ def ingest_landing(settings: Settings, landing: str | Path) -> dict[str, Any]:
     A file whose content hash is already in ``ingest_manifest`` is not read again
     (to retry a rejected file, run ``trialguard ingest FILE`` on it explicitly).
     """
-    from pipelines.ingest import ingest_paths
+    from pipelines.ingest.load import ingest_paths
     from pipelines.storage import connect
 
     root = Path(landing)
@@ -228,7 +228,7 @@ def dates_to_detect(
 
 def detect_day(settings: Settings, day: date, config: dict | None, run_id: str) -> dict[str, Any]:
     """Detect one night and persist its flags; return the detection counts."""
-    from pipelines.detect import run_detection
+    from pipelines.detect.run import run_detection
 
     result = run_detection(settings, day, config=config, run_id=run_id)
     return _as_int_counts(dict(getattr(result, "counts", {}) or {}))
@@ -237,9 +237,9 @@ def detect_day(settings: Settings, day: date, config: dict | None, run_id: str) 
 def write_day_report(settings: Settings, as_of: date) -> str | None:
     """Write the HTML report for ``as_of``; ``None`` when the report module is absent."""
     try:
-        from pipelines.report import write_report
+        from pipelines.analyst.report import write_report
     except ModuleNotFoundError as exc:
-        if exc.name == "pipelines.report":
+        if exc.name == "pipelines.analyst.report":
             return None
         raise
     return str(write_report(settings, as_of))

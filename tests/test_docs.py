@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from features.schema import BEHAVIOURS, INPUT_KINDS, POLICY_KEYS
-from pipelines.docgen import DOC_PATH, render
+from pipelines.storage.docgen import DOC_PATH, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT / "docs" / "data-contract.md"
@@ -17,7 +17,7 @@ EXTENSIONS = {"fraud_reports": {"card_bin", "card_last4"}}
 
 def test_tables_doc_is_generated_from_the_schema():
     assert DOC_PATH.read_text(encoding="utf-8") == render(), (
-        "docs/tables.md is out of date; run `python -m pipelines.docgen`"
+        "docs/tables.md is out of date; run `python -m pipelines.storage.docgen`"
     )
 
 

@@ -43,8 +43,8 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs():
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A tiny demo database: simulate + ingest + run, as `make demo` does (no GX gate)."""
-    from pipelines.detect import run_range
-    from pipelines.ingest import ingest_paths
+    from pipelines.detect.run import run_range
+    from pipelines.ingest.load import ingest_paths
     from pipelines.settings import Settings
     from pipelines.simulate import write_trial
 

@@ -2,7 +2,7 @@
 policies and the injected behaviours with their intensities (blatant -> subtle).
 
 This module is the simulator's answer key. Detection code (``features/``,
-``models/``, ``pipelines/detect.py``) must never import it: a detector tuned on
+``models/``, ``pipelines/detect/run.py``) must never import it: a detector tuned on
 these numbers would be measured against itself (``tests/pipelines/
 test_simulate.py`` checks that no detector module imports ``pipelines.simulate``).
 

@@ -63,7 +63,7 @@ def small_trial_db(tmp_path_factory, small_trial_landing):
 
     Shared: use :func:`small_trial_db_copy` to get a copy you may write to.
     """
-    from pipelines.ingest import ingest_paths
+    from pipelines.ingest.load import ingest_paths
     from pipelines.settings import Settings
 
     db = tmp_path_factory.mktemp("small_trial_db") / "trialguard.duckdb"

@@ -1,0 +1,19 @@
+"""Detect: the nightly detection run over the stored trial (``trialguard run``).
+
+- ``run``        read a day from DuckDB, fan per-terminal partitions out to workers,
+                 add the cross-terminal steps, write flags / at_risk_cards / runs
+- ``partition``  the per-terminal work of one partition (features + rules + anomaly
+                 model); the only module a worker process imports, so it stays light
+                 (no DuckDB, Prefect, scikit-learn or pandas; tested)
+- ``leakage``    the cross-terminal leakage step: common point of compromise and
+                 fraud hotspot over card_days / fraud reports within their lookback
+
+May import: ``kernels``, ``features``, ``models`` and the shared top-level modules.
+Must not import ``ingest``, ``analyst``, ``simulate``, ``bench``, ``flows``, ``demo``
+or ``cli``. This package's ``__init__`` imports nothing, so a worker that imports
+``pipelines.detect.partition`` pays only for what a partition needs.
+"""
+
+from pipelines import lazy_exports
+
+__getattr__ = lazy_exports(__name__, ("run", "partition", "leakage"))
