@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from features.schema import INPUT_KINDS, TABLES, TERMINAL_EVENTS, TRANSACTIONS
+from pipelines.ingest.gate import CARD_COLUMNS, Gate, expectation_specs
 from pipelines.ingest.load import (
     STAGE,
     _finish_gate,
@@ -20,7 +21,6 @@ from pipelines.ingest.load import (
     ingest_paths,
 )
 from pipelines.settings import Settings
-from pipelines.ingest.gate import CARD_COLUMNS, Gate, expectation_specs
 
 _spec = importlib.util.spec_from_file_location(
     "_ingest_inputs", Path(__file__).with_name("_ingest_inputs.py")
