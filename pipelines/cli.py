@@ -29,9 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.analyst.evaluate",
         "precision and recall per behaviour against a truth file",
     ),
-    "flags": ("pipelines.analyst.cases", "list flags (table, CSV or JSON)"),
-    "show": ("pipelines.analyst.cases", "the case file of one terminal"),
-    "review": ("pipelines.analyst.cases", "record an analyst's decision on a flag"),
+    "flags": ("pipelines.analyst.queue", "list flags (table, CSV or JSON)"),
+    "show": ("pipelines.analyst.casefile", "the case file of one terminal"),
+    "review": ("pipelines.analyst.review", "record an analyst's decision on a flag"),
     "verdicts": (
         "pipelines.analyst.verdicts",
         "trial-end recommendations: pass, extend or terminate",

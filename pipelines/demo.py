@@ -129,7 +129,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     for k, v in ingest_accounting(settings).items():
         print(f"    {k:<28} {v:>12,}")
 
-    from pipelines.analyst.cases import format_flags_table, open_db, query_flags
+    from pipelines.analyst.common import open_db
+    from pipelines.analyst.queue import format_flags_table, query_flags
 
     con = open_db(settings)
     try:

@@ -19,17 +19,17 @@ from pathlib import Path
 import duckdb
 
 from models.verdict import FlagFact, TerminalFacts, Verdict, recommend
-from pipelines.analyst.cases import (
+from pipelines.analyst.common import (
     LATEST_TERMINALS_SQL,
     AnalystError,
     _rows,
     _split,
     emit,
     open_db,
-    query_flags,
     to_csv,
     to_json,
 )
+from pipelines.analyst.queue import query_flags
 from pipelines.settings import Settings
 
 VERDICT_COLUMNS: tuple[str, ...] = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.analyst import cases as analyst
+from pipelines import analyst
 from pipelines.settings import Settings
 from pipelines.storage import connect
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.analyst import verdicts
-from pipelines.analyst.cases import FORMULA_PREFIXES, AnalystError
+from pipelines.analyst.common import FORMULA_PREFIXES, AnalystError
 from pipelines.settings import Settings
 from pipelines.storage import connect
 
