@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from features.geo import haversine_km
 from features.schema import MAX_EVIDENCE
-from features.transactions import haversine_km
 
 #: Event types that report the terminal's own network attachment (cell, IP).
 NETWORK_EVENT_TYPES: tuple[str, ...] = ("sign_on", "heartbeat", "location")

@@ -334,7 +334,7 @@ def mcc_mismatch_checks(cfg: dict[str, Any]) -> list[Check]:
 def cash_out_checks(cfg: dict[str, Any]) -> list[Check]:
     """Cash-out indicators (domain §1 #5, #10, #12); they fire together, see :func:`detect`.
 
-    ``round_split`` reads ``n_round_splits`` (:func:`features.daily.round_splits`);
+    ``round_split`` reads ``n_round_splits`` (:func:`features.splits.round_splits`);
     a frame without it counts none. ``just_under_cap_week`` (near-cap tickets
     over ``window_days``, column ``n_just_under_cap_w``; today's count without
     history) fires alone.

@@ -8,12 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.transactions import (
-    same_card_burst,
-    serial_switch,
-    stan_repeat,
-    with_sequence_kernels,
-)
+from features.sequences import same_card_burst, serial_switch, stan_repeat, with_sequence_kernels
 from models.config import load_config
 
 CFG = load_config()

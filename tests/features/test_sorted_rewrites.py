@@ -13,19 +13,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.daily import (
-    _agg_terminal_days,
+from features.card_runs import (
     _card_rows,
-    _same_as_row_above,
-    cap_breaches_and_round_splits,
     card_runs,
     card_testing_windows,
-    daily_cap_breaches,
     incrementing_cards,
-    round_splits,
     sequential_cards,
 )
-from features.transactions import (
+from features.daily import _agg_terminal_days
+from features.sequences import (
     cell_back_switch,
     hop_km,
     hop_speed_kmh,
@@ -35,6 +31,12 @@ from features.transactions import (
     serial_switch,
     stan_out_of_order,
     with_hops,
+)
+from features.splits import (
+    _same_as_row_above,
+    cap_breaches_and_round_splits,
+    daily_cap_breaches,
+    round_splits,
 )
 from models.config import load_config
 
@@ -315,7 +317,7 @@ def test_kernel_hops_equal_the_device_windows(seed, monkeypatch):
     assert with_hops(df.head(0)).equals(want.head(0))
     # Every serial hashing alike (a collision): the pointers fail the check, windows are used.
     monkeypatch.setattr(
-        "features.transactions._value_codes", lambda v: np.zeros(len(v), dtype=np.int64)
+        "features.sequences._value_codes", lambda v: np.zeros(len(v), dtype=np.int64)
     )
     assert with_hops(df).equals(want)
 

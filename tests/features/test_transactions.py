@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_series_equal
 
+from features.geo import haversine_km
 from features.policy import policy_frame
-from features.transactions import enrich_transactions, haversine_km
+from features.transactions import enrich_transactions
 from models.config import load_config
 
 _spec = importlib.util.spec_from_file_location("_frames", Path(__file__).with_name("_frames.py"))

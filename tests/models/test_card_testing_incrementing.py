@@ -11,7 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from features.daily import incrementing_cards, terminal_day
+from features.card_runs import incrementing_cards
+from features.daily import terminal_day
 from features.policy import policy_frame
 from features.transactions import enrich_transactions
 from models.config import load_config
