@@ -12,7 +12,8 @@ from typing import Any
 import polars as pl
 from sklearn.base import BaseEstimator
 
-from models.rules import RULE_BEHAVIOURS, detect
+from models.rules.common import RULE_BEHAVIOURS
+from models.rules.engine import detect
 
 
 class RuleDetector(BaseEstimator):

@@ -12,10 +12,11 @@ from features.daily import terminal_day
 from features.policy import policy_frame
 from features.transactions import enrich_transactions
 from models.config import load_config
-from models.rules import detect, window_sums
+from models.rules.engine import detect
+from models.rules.malfunction import window_sums
 from pipelines.detect.run import with_history
 
-_path = Path(__file__).parents[1] / "features" / "_frames.py"
+_path = Path(__file__).parents[2] / "features" / "_frames.py"
 _spec = importlib.util.spec_from_file_location("_frames", _path)
 F = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(F)

@@ -16,9 +16,9 @@ from features.daily import terminal_day
 from features.policy import policy_frame
 from features.transactions import enrich_transactions
 from models.config import load_config
-from models.rules import detect
+from models.rules.engine import detect
 
-_path = Path(__file__).parents[1] / "features" / "_frames.py"
+_path = Path(__file__).parents[2] / "features" / "_frames.py"
 _spec = importlib.util.spec_from_file_location("_frames", _path)
 F = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(F)
