@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from features.schema import DETECTION_SCHEMA, MAX_EVIDENCE, PAN_REDACTION_MARKER
-from models.compromise import params_from_config, reason
+from models.compromise import reason
+from models.compromise.params import params_from_config
 
 BEHAVIOUR = "pan_exposure"
 

@@ -18,16 +18,10 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from features.schema import CAP_TXN_TYPES, DETECTION_SCHEMA, MAX_EVIDENCE
-from models.compromise import (
-    bh_adjust,
-    binomial_tail,
-    fmt,
-    known_reports,
-    match_fraud_transactions,
-    params_from_config,
-    reason,
-    sci,
-)
+from models.compromise import fmt, reason, sci
+from models.compromise.inputs import known_reports, match_fraud_transactions
+from models.compromise.params import params_from_config
+from models.compromise.scan import bh_adjust, binomial_tail
 
 BEHAVIOUR = "fraud_hotspot"
 #: Transaction types that make "sales" (and fraud) for the fraud-to-sales ratios.

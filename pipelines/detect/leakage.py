@@ -38,14 +38,8 @@ from features.schema import (
     TABLES,
     ddl,
 )
-from models.compromise import (
-    AT_RISK_SCHEMA,
-    NETWORK,
-    VISIT_DAYS_SCHEMA,
-    CompromiseParams,
-    at_risk_cards,
-    score_card_compromise,
-)
+from models.compromise import at_risk_cards, score_card_compromise
+from models.compromise.params import AT_RISK_SCHEMA, NETWORK, VISIT_DAYS_SCHEMA, CompromiseParams
 from models.exposure import TEXTS_SCHEMA, ExposureParams, score_pan_exposure
 from models.hotspot import SALE_TYPES, HotspotParams, score_fraud_hotspot
 

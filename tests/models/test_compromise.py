@@ -10,17 +10,14 @@ import pytest
 from scipy.stats import binom
 
 from features.schema import DETECTION_SCHEMA
-from models.compromise import (
-    CompromiseParams,
-    at_risk_cards,
-    bh_adjust,
-    binomial_tail,
-    log_binomial_tail,
+from models.compromise import at_risk_cards, score_card_compromise
+from models.compromise.inputs import (
     match_fraud_transactions,
-    score_card_compromise,
     terminal_card_counts,
     visit_day_counts,
 )
+from models.compromise.params import CompromiseParams
+from models.compromise.scan import bh_adjust, binomial_tail, log_binomial_tail
 
 AS_OF = date(2024, 4, 10)
 TXN_SCHEMA = {

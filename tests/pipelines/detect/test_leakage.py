@@ -8,12 +8,9 @@ import polars as pl
 import pytest
 
 from features.schema import DETECTION_SCHEMA, PAN_REDACTION_MARKER, TABLES
-from models.compromise import (
-    CompromiseParams,
-    score_card_compromise,
-    terminal_card_counts,
-    visit_day_counts,
-)
+from models.compromise import score_card_compromise
+from models.compromise.inputs import terminal_card_counts, visit_day_counts
+from models.compromise.params import CompromiseParams
 from pipelines.detect.leakage import run_leakage, run_leakage_detectors
 from pipelines.storage import connect
 
@@ -289,7 +286,7 @@ def test_day_tables_of_an_older_layout_are_rebuilt(store):
 
 
 def test_visit_days_from_the_day_tables_and_raw_scans_give_the_same_window_counts(tmp_path):
-    from models.compromise import _span_counts
+    from models.compromise.scan import _span_counts
     from pipelines.detect.leakage import (
         read_visit_days,
         read_visit_days_cached,
