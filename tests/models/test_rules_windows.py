@@ -13,7 +13,7 @@ from features.policy import policy_frame
 from features.transactions import enrich_transactions
 from models.config import load_config
 from models.rules import detect, window_sums
-from pipelines.detect.run import with_history
+from pipelines.detect.partition import with_history
 
 _path = Path(__file__).parents[1] / "features" / "_frames.py"
 _spec = importlib.util.spec_from_file_location("_frames", _path)
