@@ -12,7 +12,7 @@ may import (``tests/test_layering.py`` enforces it):
 - ``pipelines.storage``  the DuckDB file and its DDL
 
 At the top: ``cli`` (the ``trialguard`` command), ``flows`` (the Prefect nightly
-flow and its deployment), ``demo``, ``settings``, ``runlock``, ``progress`` and
+flow), ``schedule`` (its deployment, ``trialguard serve``), ``demo``, ``settings``, ``runlock``, ``progress`` and
 ``version``.
 """
 

@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.analyst.backtest",
         "replay detection with a candidate config without touching live flags",
     ),
-    "serve": ("pipelines.flows", "serve the nightly deployment on a cron schedule"),
+    "serve": ("pipelines.schedule", "serve the nightly deployment on a cron schedule"),
     "nightly": ("pipelines.flows", "run the nightly flow once for a date"),
     "demo": ("pipelines.demo", "simulate a trial and run the whole pipeline on it"),
     "bench": ("pipelines.bench", "benchmarks: ingest, simulate, kernels, run"),

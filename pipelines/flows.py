@@ -1,4 +1,4 @@
-"""The nightly run as a Prefect flow, its schedule (``trialguard serve``) and ``trialguard nightly``.
+"""The nightly run as a Prefect flow and ``trialguard nightly`` (served by :mod:`pipelines.schedule`).
 
 The flow reads like the pipeline::
 
@@ -9,7 +9,7 @@ The flow reads like the pipeline::
       write report
 
 Every task is a thin wrapper over a plain function in this module (or in
-``pipelines.ingest.load`` / ``pipelines.detect.run`` / ``pipelines.analyst.report``); the plain
+``pipelines.ingest.landing`` / ``pipelines.detect.nightly`` / ``pipelines.analyst.report``); the plain
 functions return numbers, the tasks log them. The whole run holds the
 database's run lock (:mod:`pipelines.runlock`) and is recorded in ``runs``:
 status ``running`` when it starts, then ``succeeded`` or ``failed`` with the
@@ -30,208 +30,29 @@ date only.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 import typing
 import uuid
-from collections.abc import Iterable
-from datetime import date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from pipelines.detect.nightly import (
+    MAX_BACKFILL_DAYS,
+    dates_to_detect,
+    default_as_of,
+    detect_day,
+    finish_run,
+    first_trial_date,
+    last_detected_date,
+    start_run,
+)
+from pipelines.ingest.landing import ingest_landing, landing_inputs
 from pipelines.settings import Settings
-from pipelines.version import code_version
 
-DEFAULT_CRON = "0 2 * * *"
-DEFAULT_TIMEZONE = "Asia/Shanghai"
-DEPLOYMENT_NAME = "trialguard-nightly"
-MAX_BACKFILL_DAYS = 31
-#: Commands whose successful runs count as "detection done for as_of".
-DETECTION_COMMANDS = ("nightly", "run")
-_HASH_CHUNK = 1 << 20
 #: Detection counts shown per night in the command's summary.
 SUMMARY_DETECT_KEYS = ("transactions", "detections", "flags", "new_flags", "at_risk_cards")
-
-
-# ---------------------------------------------------------------------------
-# Plain functions (tested without Prefect)
-# ---------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (the ``file_id`` ingest records in its manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def config_version_of(config_path: str | Path | None) -> str:
-    """sha256 of the merged detection config (``models/thresholds.toml`` + candidate)."""
-    from models.config import config_version, load_config
-
-    return config_version(load_config(config_path))
-
-
-def policy_version_of(con) -> str:
-    """Version of the policies in force (as detection records it), ``"none"`` if none loaded."""
-    from pipelines.detect.run import load_policies, policy_version
-
-    policies = load_policies(con)
-    return policy_version(policies) if policies else "none"
-
-
-def landing_inputs(landing: str | Path) -> list[dict[str, Any]]:
-    """Every file under the landing folder with its content hash, in path order.
-
-    Hidden files and folders (``.``-prefixed) are skipped.
-    """
-    root = Path(landing)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"landing folder {root} does not exist or is not a folder; pass the folder "
-            "the acquirer's exports arrive in (--landing), e.g. the `landing/` folder "
-            "written by `trialguard simulate --out DIR`"
-        )
-    out = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        out.append({"path": str(rel), "file_id": file_sha256(path), "bytes": path.stat().st_size})
-    return out
-
-
-def known_file_ids(con) -> set[str]:
-    """Content hashes already recorded by ingest (loaded or rejected)."""
-    return {r[0] for r in con.execute("SELECT DISTINCT file_id FROM ingest_manifest").fetchall()}
-
-
-def _as_int_counts(obj: Any) -> Any:
-    """Counts as plain JSON values (numpy/polars integers become int)."""
-    if isinstance(obj, dict):
-        return {str(k): _as_int_counts(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_as_int_counts(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def _report_counts(report: Any) -> dict[str, Any]:
-    """Numbers of an ``IngestReport`` (whatever its exact shape) as a JSON-ready dict."""
-    if report is None:
-        return {}
-    for attr in ("counts", "totals", "summary"):
-        value = getattr(report, attr, None)
-        value = value() if callable(value) else value
-        if isinstance(value, dict):
-            return _as_int_counts(value)
-    if hasattr(report, "__dataclass_fields__"):
-        out = {}
-        for name in report.__dataclass_fields__:
-            value = getattr(report, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[name] = value
-        return _as_int_counts(out)
-    return {}
-
-
-def ingest_landing(settings: Settings, landing: str | Path) -> dict[str, Any]:
-    """Ingest the landing folder's new files; return inputs (with hashes) and counts.
-
-    A file whose content hash is already in ``ingest_manifest`` is not read again
-    (to retry a rejected file, run ``trialguard ingest FILE`` on it explicitly).
-    """
-    from pipelines.ingest.load import ingest_paths
-    from pipelines.storage import connect
-
-    root = Path(landing)
-    inputs = landing_inputs(root)
-    con = connect(settings.db_path)
-    try:
-        known = known_file_ids(con)
-        for item in inputs:
-            item["status"] = "known" if item["file_id"] in known else "new"
-        new = [root / i["path"] for i in inputs if i["status"] == "new"]
-        report = ingest_paths(settings, new, con=con) if new else None
-    finally:
-        con.close()
-    counts = {"files_seen": len(inputs), "files_new": len(new), **_report_counts(report)}
-    return {"inputs": inputs, "counts": counts}
-
-
-def last_detected_date(con) -> date | None:
-    """``as_of`` of the latest successful detection run (``nightly`` or ``run``)."""
-    marks = ", ".join(f"'{c}'" for c in DETECTION_COMMANDS)
-    row = con.execute(
-        f"SELECT max(as_of) FROM runs WHERE status = 'succeeded' AND command IN ({marks})"
-    ).fetchone()
-    return row[0] if row else None
-
-
-def first_trial_date(con) -> date | None:
-    """The first night with transactions since the earliest trial start (``None`` if none).
-
-    Bounded by the registry's ``trial_start`` because a terminal with a skewed
-    clock can report transactions dated 1970 or 2000 (detected as malfunction).
-    """
-    row = con.execute(
-        "SELECT min(local_date) FROM transactions "
-        "WHERE local_date >= (SELECT min(trial_start) FROM terminals)"
-    ).fetchone()
-    return row[0] if row else None
-
-
-def dates_to_detect(
-    last_success: date | None,
-    as_of: date,
-    max_backfill_days: int = MAX_BACKFILL_DAYS,
-    first_data: date | None = None,
-) -> list[date]:
-    """The nights to detect, in order, so that no night since the last success is skipped.
-
-    With no successful detection yet, the nights from ``first_data`` (the first
-    night with trial data) are the missed ones.
-
-    Examples
-    --------
-    >>> dates_to_detect(date(2026, 3, 11), date(2026, 3, 14))
-    [datetime.date(2026, 3, 12), datetime.date(2026, 3, 13), datetime.date(2026, 3, 14)]
-    >>> dates_to_detect(None, date(2026, 3, 14), first_data=date(2026, 3, 13))
-    [datetime.date(2026, 3, 13), datetime.date(2026, 3, 14)]
-    >>> dates_to_detect(None, date(2026, 3, 14))
-    [datetime.date(2026, 3, 14)]
-    >>> dates_to_detect(date(2026, 3, 20), date(2026, 3, 14))  # a rerun
-    [datetime.date(2026, 3, 14)]
-    """
-    if last_success is None and first_data is not None and first_data < as_of:
-        last_success = first_data - timedelta(days=1)
-    if last_success is None or last_success >= as_of:
-        return [as_of]
-    gap = (as_of - last_success).days
-    if gap > max_backfill_days:
-        first = last_success + timedelta(days=1)
-        raise ValueError(
-            f"{gap} nights from {first} to {as_of} have not been detected; the nightly "
-            f"run detects at most {max_backfill_days} (--max-backfill-days). Close the gap "
-            f"first with `trialguard run --from {first} --to {as_of - timedelta(days=1)}`, "
-            "then rerun the nightly"
-        )
-    return [last_success + timedelta(days=i) for i in range(1, gap + 1)]
-
-
-def detect_day(settings: Settings, day: date, config: dict | None, run_id: str) -> dict[str, Any]:
-    """Detect one night and persist its flags; return the detection counts."""
-    from pipelines.detect.run import run_detection
-
-    result = run_detection(settings, day, config=config, run_id=run_id)
-    return _as_int_counts(dict(getattr(result, "counts", {}) or {}))
 
 
 def write_day_report(settings: Settings, as_of: date) -> str | None:
@@ -243,91 +64,6 @@ def write_day_report(settings: Settings, as_of: date) -> str | None:
             return None
         raise
     return str(write_report(settings, as_of))
-
-
-def start_run(
-    settings: Settings,
-    run_id: str,
-    command: str,
-    as_of: date | None,
-    *,
-    config_path: str | Path | None = None,
-) -> datetime:
-    """Record a ``running`` row in ``runs`` (and close out crashed runs of ``command``).
-
-    Must be called while holding the run lock: any other ``running`` row of the
-    same command then belongs to a process that died.
-    """
-    from pipelines.storage import connect
-
-    started = datetime.now(ZoneInfo(settings.timezone)).replace(tzinfo=None)
-    con = connect(settings.db_path)
-    try:
-        con.execute(
-            "UPDATE runs SET status = 'failed', message = 'crashed: the process ended "
-            "before the run finished (found by run ' || ? || ')' "
-            "WHERE status = 'running' AND command = ?",
-            [run_id, command],
-        )
-        con.execute(
-            "INSERT INTO runs (run_id, command, as_of, started_at, status, code_version, "
-            "config_version) VALUES (?, ?, ?, ?, 'running', ?, ?)",
-            [run_id, command, as_of, started, code_version(), config_version_of(config_path)],
-        )
-    finally:
-        con.close()
-    return started
-
-
-def finish_run(
-    settings: Settings,
-    run_id: str,
-    *,
-    status: str,
-    inputs: Iterable[dict] | None,
-    row_counts: dict[str, Any],
-    message: str = "",
-    duration_s: float,
-) -> None:
-    """Close the ``runs`` row: outcome, inputs, row counts, policy version, duration."""
-    from pipelines.storage import connect
-
-    finished = datetime.now(ZoneInfo(settings.timezone)).replace(tzinfo=None)
-    con = connect(settings.db_path)
-    try:
-        con.execute(
-            "UPDATE runs SET finished_at = ?, status = ?, inputs = ?, policy_version = ?, "
-            "row_counts = ?, duration_s = ?, message = ? WHERE run_id = ?",
-            [
-                finished,
-                status,
-                json.dumps(list(inputs or []), default=str),
-                policy_version_of(con),
-                json.dumps(_as_int_counts(row_counts), default=str),
-                round(duration_s, 3),
-                message[:2000],
-                run_id,
-            ],
-        )
-    finally:
-        con.close()
-
-
-def default_as_of(settings: Settings, now: datetime | None = None) -> date:
-    """Yesterday in the data's time zone: the night a scheduled run covers.
-
-    ``now`` is the run's scheduled start (so a late-starting run still covers
-    the right night); default the current time.
-
-    Examples
-    --------
-    >>> from datetime import timezone
-    >>> default_as_of(Settings(), datetime(2026, 3, 14, 18, 30, tzinfo=timezone.utc))
-    datetime.date(2026, 3, 14)
-    """
-    zone = ZoneInfo(settings.timezone)
-    now = now.astimezone(zone) if now is not None else datetime.now(zone)
-    return now.date() - timedelta(days=1)
 
 
 # ---------------------------------------------------------------------------
@@ -499,128 +235,8 @@ def __getattr__(name: str):
 
 
 # ---------------------------------------------------------------------------
-# Serving on a schedule
-# ---------------------------------------------------------------------------
-
-
-def nightly_parameters(
-    settings: Settings, landing: str | Path, config: str | Path | None = None
-) -> dict[str, Any]:
-    """Deployment parameters of the nightly run (``as_of`` left to the schedule)."""
-    return {
-        "landing": str(Path(landing).resolve()),
-        "db": str(Path(settings.db_path).resolve()),
-        "config": str(Path(config).resolve()) if config else None,
-        "report": True,
-    }
-
-
-async def build_runner(
-    settings: Settings,
-    landing: str | Path,
-    *,
-    cron: str = DEFAULT_CRON,
-    timezone: str = DEFAULT_TIMEZONE,
-    config: str | Path | None = None,
-    name: str = DEPLOYMENT_NAME,
-    poll_seconds: float | None = None,
-):
-    """A Prefect ``Runner`` serving the nightly deployment on a cron schedule.
-
-    Returns ``(runner, deployment_id)``; ``await runner.start()`` serves it
-    (``trialguard serve`` does this until interrupted). A coroutine, because the
-    Runner must be built and started on the same event loop. ``poll_seconds``:
-    how often the runner asks the API for due runs (default Prefect's
-    ``PREFECT_RUNNER_POLL_FREQUENCY``, 10 s).
-    """
-    from prefect.deployments.runner import EntrypointType
-    from prefect.runner import Runner
-    from prefect.schedules import Cron
-
-    try:
-        ZoneInfo(timezone)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(
-            f"unknown time zone {timezone!r} for the schedule; use an IANA name such as "
-            f"{DEFAULT_TIMEZONE!r}"
-        ) from exc
-    # limit=1: late runs (after the server was down) run one after the other, in
-    # schedule order, instead of racing for the run lock. The schedule stays active
-    # when serving stops, so missed nights run when it is restarted.
-    runner = Runner(
-        name=f"{name}-runner", pause_on_shutdown=False, query_seconds=poll_seconds, limit=1
-    )
-    deployment_id = await runner.aadd_flow(
-        nightly_flow(),
-        name=name,
-        schedules=[Cron(cron, timezone=timezone)],
-        parameters=nightly_parameters(settings, landing, config),
-        description=f"TrialGuard nightly run: ingest {landing}, detect, report",
-        tags=["trialguard", "nightly"],
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
-    return runner, deployment_id
-
-
-# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``trialguard serve``."""
-    parser.add_argument("--landing", required=True, help="folder the daily exports arrive in")
-    parser.add_argument(
-        "--cron", default=DEFAULT_CRON, help=f"schedule (default {DEFAULT_CRON!r})"
-    )
-    parser.add_argument(
-        "--timezone",
-        default=DEFAULT_TIMEZONE,
-        help=f"zone of the cron (default {DEFAULT_TIMEZONE})",
-    )
-    parser.add_argument("--config", default=None, help="threshold overrides (TOML)")
-    parser.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
-
-
-def main_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the nightly deployment until interrupted (Ctrl-C)."""
-    import asyncio
-    import sys
-
-    from prefect.settings import get_current_settings
-
-    if not get_current_settings().api.url:
-        print(
-            "warning: PREFECT_API_URL is not set, so Prefect serves against a temporary "
-            "server that does not run schedules. Start `prefect server start` and "
-            "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first "
-            "(docs/operations.md, 'Serving on a schedule').",
-            file=sys.stderr,
-        )
-
-    async def serve() -> None:
-        runner, deployment_id = await build_runner(
-            settings,
-            args.landing,
-            cron=args.cron,
-            timezone=args.timezone,
-            config=args.config,
-            name=args.name,
-        )
-        print(
-            f"serving deployment nightly/{args.name} ({deployment_id}): cron {args.cron!r} "
-            f"in {args.timezone}, landing {args.landing}, db {settings.db_path}.\n"
-            f"Trigger a run now with: prefect deployment run 'nightly/{args.name}' "
-            "--param as_of=YYYY-MM-DD\nStop with Ctrl-C.",
-            flush=True,
-        )
-        await runner.start()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        print("stopped serving")
-    return 0
 
 
 def add_nightly_arguments(parser: argparse.ArgumentParser) -> None:

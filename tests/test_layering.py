@@ -48,7 +48,7 @@ STAGE_MAY_IMPORT = {
     "storage": set(),
     "bench": {"ingest", "detect", "analyst", "simulate"},
 }
-ORCHESTRATORS = {"cli", "flows", "demo", "__main__"}
+ORCHESTRATORS = {"cli", "flows", "schedule", "demo", "__main__"}
 
 
 def _pipelines_imports(path: Path) -> set[str]:

@@ -116,7 +116,7 @@ def _policy_overrides(con, candidate_policies: dict[str, dict]) -> dict[str, dic
     """Candidate policy keys merged over the stored policy bodies."""
     if not candidate_policies:
         return None
-    from pipelines.detect.run import load_policies
+    from pipelines.detect.store import load_policies
 
     stored = load_policies(con)
     return {pid: {**stored.get(pid, {}), **body} for pid, body in candidate_policies.items()}

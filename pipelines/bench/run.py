@@ -253,7 +253,8 @@ def _measure(db: str, day: str) -> None:
     """Child process: one timed run, printed as JSON (time, peak RSS, counts)."""
     import resource
 
-    from pipelines.detect.run import _rss_mib, run_detection, run_workers
+    from pipelines.detect.fanout import run_workers
+    from pipelines.detect.run import _rss_mib, run_detection
     from pipelines.settings import Settings
 
     t0, c0 = time.perf_counter(), time.process_time()

@@ -1,7 +1,12 @@
 """Detect: the nightly detection run over the stored trial (``trialguard run``).
 
-- ``run``        read a day from DuckDB, fan per-terminal partitions out to workers,
-                 add the cross-terminal steps, write flags / at_risk_cards / runs
+- ``run``        one run date end to end (:func:`run_detection`, :func:`run_range`) and
+                 the ``trialguard run`` command
+- ``store``      readers of the stored day (transactions, registry, telemetry, history,
+                 flags, dispositions, policies)
+- ``spill``      a big day written once in terminal partitions (Arrow IPC)
+- ``fanout``     the spilled partitions processed by worker processes (local runner)
+- ``write``      flags, at_risk_cards, terminal_day and runs rows
 - ``partition``  the per-terminal work of one partition (features + rules + anomaly
                  model); the only module a worker process imports, so it stays light
                  (no DuckDB, Prefect, scikit-learn or pandas; tested)
@@ -16,4 +21,6 @@ or ``cli``. This package's ``__init__`` imports nothing, so a worker that import
 
 from pipelines import lazy_exports
 
-__getattr__ = lazy_exports(__name__, ("run", "partition", "leakage"))
+__getattr__ = lazy_exports(
+    __name__, ("run", "store", "spill", "fanout", "write", "partition", "leakage")
+)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.flows import dates_to_detect, file_sha256, nightly_flow
+from pipelines.detect.nightly import dates_to_detect
+from pipelines.flows import nightly_flow
+from pipelines.ingest.landing import file_sha256
 from pipelines.runlock import RunLockError
 from pipelines.storage import connect
 

@@ -14,7 +14,7 @@ from datetime import date
 
 import pytest
 
-from pipelines.flows import DEPLOYMENT_NAME, build_runner
+from pipelines.schedule import DEPLOYMENT_NAME, build_runner
 from pipelines.settings import Settings
 from pipelines.storage import connect
 

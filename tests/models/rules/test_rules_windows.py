@@ -14,7 +14,7 @@ from features.transactions import enrich_transactions
 from models.config import load_config
 from models.rules.engine import detect
 from models.rules.malfunction import window_sums
-from pipelines.detect.run import with_history
+from pipelines.detect.partition import with_history
 
 _path = Path(__file__).parents[2] / "features" / "_frames.py"
 _spec = importlib.util.spec_from_file_location("_frames", _path)

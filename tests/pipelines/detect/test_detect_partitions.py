@@ -9,7 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from pipelines.detect import fanout, partition, spill
 from pipelines.detect import run as detect
+from pipelines.detect import store as readers
 from pipelines.storage import connect
 
 _spec = importlib.util.spec_from_file_location(
@@ -23,10 +25,10 @@ def test_partitioned_reads_cover_every_row_once(tmp_path):
     store = T.build_store(tmp_path / "s.duckdb")
     con = connect(store.db_path, read_only=True)
     try:
-        whole = detect.read_day_transactions(con, T.F.DAY)
-        parts = [detect.read_day_transactions(con, T.F.DAY, partition=(i, 4)) for i in range(4)]
+        whole = readers.read_day_transactions(con, T.F.DAY)
+        parts = [readers.read_day_transactions(con, T.F.DAY, partition=(i, 4)) for i in range(4)]
         with pytest.raises(ValueError, match="0 <= index < count"):
-            detect.read_day_transactions(con, T.F.DAY, partition=(4, 4))
+            readers.read_day_transactions(con, T.F.DAY, partition=(4, 4))
     finally:
         con.close()
     assert sum(p.height > 0 for p in parts) > 1
@@ -46,16 +48,16 @@ def test_spilled_partitions_cover_every_row_once(tmp_path):
     store = T.build_store(tmp_path / "s.duckdb")
     con = connect(store.db_path, read_only=True)
     try:
-        whole = detect.read_day_transactions(con, T.F.DAY)
+        whole = readers.read_day_transactions(con, T.F.DAY)
         # small batches: a partition is made of pieces of several batches
-        folders = detect.spill_day_transactions(con, T.F.DAY, tmp_path / "spill", 4, batch_rows=64)
-        reads = [detect.read_day_transactions(con, T.F.DAY, partition=(i, 4)) for i in range(4)]
+        folders = spill.spill_day_transactions(con, T.F.DAY, tmp_path / "spill", 4, batch_rows=64)
+        reads = [readers.read_day_transactions(con, T.F.DAY, partition=(i, 4)) for i in range(4)]
         with pytest.raises(ValueError, match="count of partitions"):
-            detect.spill_day_transactions(con, T.F.DAY, tmp_path / "bad", 0)
+            spill.spill_day_transactions(con, T.F.DAY, tmp_path / "bad", 0)
     finally:
         con.close()
     assert len(folders) == 4
-    parts = [detect.load_spilled(f) for f in folders]
+    parts = [partition.load_spilled(f) for f in folders]
     parts = [p for p in parts if p is not None]
     assert len(parts) > 1
     assert all(len(list(f.glob("*.arrow"))) <= 1 for f in folders)
@@ -65,7 +67,7 @@ def test_spilled_partitions_cover_every_row_once(tmp_path):
     assert got.equals(whole.sort("txn_id"))
     # partition i of the spill is partition i of the read: the same terminal hash
     for folder, read in zip(folders, reads, strict=True):
-        spilled = detect.load_spilled(folder)
+        spilled = partition.load_spilled(folder)
         if read.height == 0:
             assert spilled is None
         else:
@@ -74,13 +76,13 @@ def test_spilled_partitions_cover_every_row_once(tmp_path):
 
 def test_run_workers_setting(monkeypatch):
     monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "3")
-    assert detect.run_workers() == 3
+    assert fanout.run_workers() == 3
     monkeypatch.setenv("TRIALGUARD_RUN_WORKERS", "0")
     with pytest.raises(ValueError, match="TRIALGUARD_RUN_WORKERS='0'"):
-        detect.run_workers()
+        fanout.run_workers()
     monkeypatch.delenv("TRIALGUARD_RUN_WORKERS")
     # two workers by default, one on a one-core machine
-    assert detect.run_workers() == min(2, os.cpu_count() or 1)
+    assert fanout.run_workers() == min(2, os.cpu_count() or 1)
 
 
 def test_partitioned_run_equals_one_pass(tmp_path, monkeypatch):
@@ -137,7 +139,7 @@ def test_peak_rss_is_the_run_process_own_not_its_parent(tmp_path):
 def test_worker_environment_is_set_inside_the_block_and_restored(monkeypatch):
     monkeypatch.setenv("POLARS_MAX_THREADS", "7")
     monkeypatch.delenv("TG_UNSET_FOR_TEST", raising=False)
-    with detect._environ(POLARS_MAX_THREADS="1", TG_UNSET_FOR_TEST="x"):
+    with fanout._environ(POLARS_MAX_THREADS="1", TG_UNSET_FOR_TEST="x"):
         assert os.environ["POLARS_MAX_THREADS"] == "1"
         assert os.environ["TG_UNSET_FOR_TEST"] == "x"
     assert os.environ["POLARS_MAX_THREADS"] == "7"
