@@ -18,7 +18,7 @@ from pipelines.settings import MissingKeyError, Settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("pipelines.simulate", "simulate a trial with ground truth (truth.csv)"),
     "ingest": (
-        "pipelines.ingest.load",
+        "pipelines.ingest.cli",
         "load trial files into the database (accept or quarantine every row)",
     ),
     "run": (

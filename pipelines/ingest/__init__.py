@@ -2,9 +2,17 @@
 
 Owns everything between a file on disk and an accepted or quarantined row:
 
-- ``readers``  open CSV / JSON Lines / Parquet (gzip too), sniff kinds and encodings
-- ``load``     stage as text, cast by :mod:`features.schema`, quarantine with reasons,
-               deduplicate, write the manifest; the atomic load and the CLI
+- ``discover`` expand folders, recognise each file's kind, order a folder's files
+- ``readers``  open CSV / JSON Lines / Parquet (gzip too), sniff formats and encodings
+- ``stage``    the staging SQL generated from :mod:`features.schema`: text cast per value,
+               patterns, card tokens inside DuckDB, the reason of every invalid row
+- ``rows``     free-text redaction, duplicates and conflicts, quarantine and accepted rows
+- ``policies`` trial policy files: parse, check against the contract, version
+- ``load``     one file in one transaction (ingest_file), many files (ingest_paths), the
+               manifest and the runs row
+- ``results``  FileResult / IngestReport: the accounting of every file
+- ``landing``  a landing folder's new files (for the nightly flow)
+- ``cli``      ``trialguard ingest`` and the Prefect ingest flow
 - ``cards``    PAN -> HMAC-SHA256 token + BIN + last 4; redaction of stray card numbers
 - ``gate``     the Great Expectations suites derived from the schema, and Data Docs
 
@@ -15,4 +23,19 @@ May import: ``kernels``, ``features``, ``models`` and the shared top-level modul
 
 from pipelines import lazy_exports
 
-__getattr__ = lazy_exports(__name__, ("load", "readers", "cards", "gate"))
+__getattr__ = lazy_exports(
+    __name__,
+    (
+        "load",
+        "cli",
+        "discover",
+        "stage",
+        "rows",
+        "policies",
+        "results",
+        "readers",
+        "cards",
+        "gate",
+        "landing",
+    ),
+)

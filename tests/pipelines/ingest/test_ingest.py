@@ -11,7 +11,9 @@ import duckdb
 import pytest
 
 from pipelines.ingest.cards import card_token
-from pipelines.ingest.load import ingest_paths, parse_policies, recognise_kind
+from pipelines.ingest.discover import recognise_kind
+from pipelines.ingest.load import ingest_paths
+from pipelines.ingest.policies import parse_policies
 from pipelines.ingest.readers import UnreadableFile
 from pipelines.settings import MissingKeyError, Settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.ingest.load import ingest_flow
+from pipelines.ingest.cli import ingest_flow
 
 _spec = importlib.util.spec_from_file_location(
     "_ingest_inputs", Path(__file__).with_name("_ingest_inputs.py")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.schema import INPUT_KINDS
-from pipelines.ingest.load import _patterns_ok_sql, _trimmed_sql
+from pipelines.ingest.stage import _patterns_ok_sql, _trimmed_sql
 
 PATTERNS = sorted({c.pattern for k in INPUT_KINDS.values() for c in k.columns if c.pattern})
 _chars = st.sampled_from(list("09AZaz") + ["\x1f", "é", "-", " "])

@@ -13,13 +13,8 @@ import pytest
 
 from features.schema import INPUT_KINDS, TABLES, TERMINAL_EVENTS, TRANSACTIONS
 from pipelines.ingest.gate import CARD_COLUMNS, Gate, expectation_specs
-from pipelines.ingest.load import (
-    STAGE,
-    _finish_gate,
-    _start_gate,
-    attach_staging,
-    ingest_paths,
-)
+from pipelines.ingest.load import _finish_gate, _start_gate, ingest_paths
+from pipelines.ingest.stage import STAGE, attach_staging
 from pipelines.settings import Settings
 
 _spec = importlib.util.spec_from_file_location(
