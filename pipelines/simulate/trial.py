@@ -29,7 +29,8 @@ import polars as pl
 
 from features.schema import FRAUD_REPORTS, TERMINAL_EVENTS, TRANSACTIONS
 from pipelines.simulate import scenarios as sc
-from pipelines.simulate.days import DayGenerator, DayOutput
+from pipelines.simulate.blocks import DayOutput
+from pipelines.simulate.days import DayGenerator
 from pipelines.simulate.truth import TRUTH_COLUMNS, TRUTH_DETAIL_COLUMNS, Judge, episodes
 from pipelines.simulate.world import World, build_world
 
