@@ -51,6 +51,68 @@ def token_sql(pan_sql: str, ipad_param: str = "$ipad", opad_param: str = "$opad"
     return f"sha256({opad_param}::BLOB || unhex(sha256({ipad_param}::BLOB || ({pan_sql})::BLOB)))"
 
 
+#: A PAN as people write it: digits, with single spaces or dashes between groups.
+PAN_WRITTEN = "[0-9]+([ -][0-9]+)*"
+#: SQL name of the registered Luhn function (see :func:`luhn_valid_arrow`).
+LUHN_UDF = "_tg_luhn"
+
+
+def pan_digits_sql(value_sql: str) -> str:
+    """DuckDB expression: the digits of a PAN written with spaces or dashes, else NULL.
+
+    ``4111 1111 1111 1111`` and ``4111-1111-1111-1111`` give ``4111111111111111``, so
+    the token (HMAC of the digits) is the same however the card number was written.
+    Anything else (letters, other separators, doubled separators) gives NULL.
+    """
+    return (
+        f"CASE WHEN regexp_full_match({value_sql}, '{PAN_WRITTEN}') "
+        f"THEN regexp_replace({value_sql}, '[ -]', '', 'g') END"
+    )
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn check of a digit string (the reference :func:`luhn_valid_arrow` is tested on).
+
+    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
+    (True, False)
+    """
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d >= 5 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def luhn_valid_arrow(values):
+    """Arrow UDF body: whether each value is 12-19 digits passing the Luhn check.
+
+    Vectorised over the batch: values are left-padded with zeros to 19 digits
+    (leading zeros do not change a Luhn sum) and summed as a numpy matrix;
+    ~0.05 s per million values, against ~3.5 s for the same sum in SQL.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    good = pc.fill_null(pc.match_substring_regex(values, "^[0-9]{12,19}$"), False)
+    padded = pc.utf8_lpad(pc.if_else(good, values, "0" * 19), 19, "0")
+    if isinstance(padded, pa.ChunkedArray):
+        padded = padded.combine_chunks()
+    n = len(padded)
+    if n == 0:
+        return pa.array([], type=pa.bool_())
+    # every value is now exactly 19 ASCII digits, so the data buffer is an n x 19 matrix
+    start = int(np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset])
+    raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[start : start + 19 * n]
+    d = raw.reshape(n, 19).astype(np.int16) - 48
+    doubled = 2 * d - 9 * (d >= 5)
+    odd = (18 - np.arange(19)) % 2 == 1  # positions doubled, counted from the check digit
+    total = np.where(odd, doubled, d).sum(axis=1)
+    return pc.and_(good, pa.array(total % 10 == 0))
+
+
 def mask_pan_sql(value_sql: str) -> str:
     """DuckDB expression masking a raw ``pan`` value as BIN + last 4 (``622202******1234``).
 

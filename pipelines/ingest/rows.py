@@ -18,9 +18,7 @@ from features.schema import (
     TABLES,
     InputKind,
 )
-from pipelines.ingest.cards import (
-    redact_raw_row,
-)
+from pipelines.ingest.cards import LUHN_UDF, luhn_valid_arrow, redact_raw_row
 from pipelines.ingest.readers import (
     LINE_COLUMN,
     FileInfo,
@@ -61,7 +59,8 @@ def register_redaction(con: duckdb.DuckDBPyConnection) -> None:
     """Register the SQL functions :func:`stage_sql` uses to redact card numbers while reading.
 
     ``_tg_redact(text)`` replaces Luhn-valid 13-19 digit runs (free text);
-    ``_tg_redact_row(text)`` replaces 12-19 digit ones (quarantined raw rows).
+    ``_tg_redact_row(text)`` replaces 12-19 digit ones (quarantined raw rows);
+    ``_tg_luhn(digits)`` is the Luhn check of a card number.
     Registering again on the same connection does nothing.
 
     Free text is redacted in every row, so its function takes Arrow batches and
@@ -73,8 +72,8 @@ def register_redaction(con: duckdb.DuckDBPyConnection) -> None:
     have = {
         r[0]
         for r in con.execute(
-            "SELECT function_name FROM duckdb_functions() WHERE function_name IN (?, ?)",
-            [REDACT_UDF, REDACT_ROW_UDF],
+            "SELECT function_name FROM duckdb_functions() WHERE function_name IN (?, ?, ?)",
+            [REDACT_UDF, REDACT_ROW_UDF, LUHN_UDF],
         ).fetchall()
     }
     if REDACT_UDF not in have:
@@ -89,6 +88,10 @@ def register_redaction(con: duckdb.DuckDBPyConnection) -> None:
             "VARCHAR",
             type="native",
             side_effects=False,
+        )
+    if LUHN_UDF not in have:
+        con.create_function(
+            LUHN_UDF, luhn_valid_arrow, ["VARCHAR"], "BOOLEAN", type="arrow", side_effects=False
         )
 
 

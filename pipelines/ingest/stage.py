@@ -19,7 +19,9 @@ from features.schema import (
     InputKind,
 )
 from pipelines.ingest.cards import (
+    LUHN_UDF,
     mask_pan_sql,
+    pan_digits_sql,
     redact_sql,
     token_sql,
 )
@@ -158,16 +160,29 @@ def stage_sql(
     clean = [f"{raw_expr(n)} AS {_raw(n)}" for n in [*kind.names, *extras] if n != "pan"]
     carried = [_raw(n) for n in [*kind.names, *extras]]
     if has_pan:
-        p = _trimmed_sql(_ident("pan")) if "pan" in present else "CAST(NULL AS VARCHAR)"
-        ok = f"({p} IS NOT NULL AND regexp_full_match({p}, '[0-9]{{12,19}}'))"
+        written = _trimmed_sql(_ident("pan")) if "pan" in present else "CAST(NULL AS VARCHAR)"
+        # the digits of the PAN as people write it (spaces or dashes between groups):
+        # the token is the HMAC of the digits, so every spelling of a card matches
+        p = pan_digits_sql(written)
+        size = f"coalesce(regexp_full_match({p}, '[0-9]{{12,19}}'), false)"
+        ok = f"({size} AND {LUHN_UDF}({p}))"
         clean += [
-            f"{mask_pan_sql(p)} AS {_raw('pan')}",
+            f"{mask_pan_sql(f'coalesce({p}, {written})')} AS {_raw('pan')}",
             f"{ok} AS _pan_ok",
+            f"{size} AS _pan_size_ok",
+            f"CASE WHEN {size} THEN left({p}, 6) || '...' || right({p}, 4) END AS _pan_shown",
             f"CASE WHEN {ok} THEN {token_sql(p)} END AS _pan_token",
             f"CASE WHEN {ok} THEN left({p}, 6) END AS _pan_bin",
             f"CASE WHEN {ok} THEN right({p}, 4) END AS _pan_last4",
         ]
-        carried += ["_pan_ok", "_pan_token", "_pan_bin", "_pan_last4"]
+        carried += [
+            "_pan_ok",
+            "_pan_size_ok",
+            "_pan_shown",
+            "_pan_token",
+            "_pan_bin",
+            "_pan_last4",
+        ]
     free_present = [n for n in names if is_free(n)]
     marks0 = " + ".join(_marker_count(_ident(n)) for n in free_present) or "0"
     nred = " + ".join(_marker_count(_raw(n)) for n in free_present) + " - _marks0" or "0"
@@ -203,9 +218,13 @@ def stage_sql(
             reasons.append(f"CASE WHEN {r} IS NULL THEN '{col.name} is missing (required)' END")
         if col.name == "pan":
             reasons.append(
-                f"CASE WHEN {r} IS NOT NULL AND NOT _pan_ok "
+                f"CASE WHEN {r} IS NOT NULL AND NOT _pan_size_ok "
                 "THEN 'pan is not 12-19 digits (value withheld); expected the card number "
-                "digits only' END"
+                "as digits, optionally grouped by single spaces or dashes' "
+                f"WHEN {r} IS NOT NULL AND NOT _pan_ok "
+                "THEN 'pan ' || _pan_shown || ' fails the Luhn check (only BIN and last 4 "
+                "shown); expected a valid card number: check the file for a typing or "
+                "export error' END"
             )
             continue
         if col.dtype in _TYPE_WORDS:

@@ -112,7 +112,7 @@ def test_quarantine_reasons_in_words(settings, tmp_path):
     rows[0]["amount_minor"] = "12.50"
     rows[1]["entry_mode"] = "5"
     rows[2]["currency"] = "CNY"
-    rows[3]["pan"] = "4111 1111 1111 1111"
+    rows[3]["pan"] = "4111 1111 1111 111x"  # a letter (spaces alone are a valid spelling)
     rows[4]["pan"] = ""
     rows[5]["txn_time"] = "yesterday"
     rows[6]["txn_type"] = "PURCHASE"
@@ -136,7 +136,7 @@ def test_quarantine_reasons_in_words(settings, tmp_path):
     assert "terminal_id is missing (required)" in reasons[10]
     assert "pin_entered 'yes' is not true or false" in reasons[11]
     raw = json.loads(rows_of(settings, "SELECT raw_row FROM quarantine WHERE line_no = 5")[0][0])
-    assert raw["pan"] == "4111 1*********1111"
+    assert raw["pan"] == "4111 1*********111x"
 
 
 def test_coordinates_out_of_range_are_quarantined(settings, tmp_path):

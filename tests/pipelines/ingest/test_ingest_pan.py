@@ -29,7 +29,7 @@ def test_no_pan_in_database_bytes_wal_or_docs(tmp_path, gate):
     land.mkdir()
     tx = inp.transactions(30, pans[:30])
     tx[0]["amount_minor"] = "12.50"  # quarantined with its pan
-    tx[1]["pan"] = pans[30][:4] + " " + pans[30][4:]  # malformed pan, quarantined
+    tx[1]["pan"] = pans[30][:4] + "x" + pans[30][4:]  # malformed pan, quarantined
     tx[2]["note"] = f"pan {pans[31]}"  # card number in an extra column
     tx[3]["txn_id"] = pans[32]  # a card number where an identifier belongs
     tx[3]["entry_mode"] = "5"
