@@ -118,6 +118,28 @@ class DaskCluster:
         return max(math.ceil(n_rows / per), min(self.threads, n_rows), 1)
 
 
+def _prefect_api_env() -> dict[str, str]:
+    """``PREFECT_API_URL`` for the workers of a LocalCluster: this process's API.
+
+    Without a configured server Prefect runs a temporary one per process: each
+    worker would start its own (~10 s each, its task runs recorded nowhere). The
+    workers of a LocalCluster are on this machine, so they report to this
+    process's temporary server instead (started here if needed). Workers on other
+    machines need ``PREFECT_API_URL`` of a real server (docs/operations.md).
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    url = settings.api.url
+    if not url and settings.server.ephemeral.enabled:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        url = server.api_url
+    return {"PREFECT_API_URL": str(url)} if url else {}
+
+
 @contextlib.contextmanager
 def dask_cluster(address: str | None = None, workers: int | None = None) -> Iterator[DaskCluster]:
     """Connect to the scheduler at ``address``, or start a LocalCluster for the block.
@@ -136,7 +158,7 @@ def dask_cluster(address: str | None = None, workers: int | None = None) -> Iter
                     n_workers=n,
                     threads_per_worker=1,
                     processes=True,
-                    env={"POLARS_MAX_THREADS": str(max(1, cores // n))},
+                    env={"POLARS_MAX_THREADS": str(max(1, cores // n)), **_prefect_api_env()},
                 )
             )
             address = local.scheduler_address
