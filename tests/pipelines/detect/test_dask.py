@@ -68,7 +68,7 @@ def _cluster(n_workers: int = 2):
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         env={"POLARS_MAX_THREADS": "1"},
     )
 
@@ -192,3 +192,31 @@ def test_partition_count_follows_the_cluster_and_the_volume():
     wide = DaskCluster("tcp://x:1", workers=4, threads=16, threads_per_worker=4)
     assert wide.partitions(10_000_000, 500_000) == 80  # a worker holds 4 partitions at once
     assert wide.partitions(1_000, 500_000) == 16
+
+
+@pytest.mark.slow  # the nightly's ingest (hashing the landing) + two nights on the cluster
+@pytest.mark.usefixtures("prefect_harness", "pan_key_env")
+def test_nightly_flow_runs_its_partitions_on_dask(small_trial_db_copy, small_trial_landing):
+    # The nightly flow's detect task runs the `detect partitions` sub-flow on the cluster.
+    from pipelines.flows import nightly_flow
+
+    with _cluster() as cluster:
+        out = nightly_flow()(
+            as_of=START + timedelta(days=1),
+            landing=str(small_trial_landing),
+            db=str(small_trial_db_copy),
+            report=False,
+            task_runner="dask",
+            dask_address=cluster.scheduler_address,
+        )
+    nights = out["counts"]["detect"]
+    assert list(nights) == [str(START), str(START + timedelta(days=1))]  # backfilled first
+    assert all(c["partitions"] >= 2 and c["transactions"] > 0 for c in nights.values())
+    con = connect(small_trial_db_copy, read_only=True)
+    try:
+        status = con.execute(
+            "SELECT status FROM runs WHERE command = 'nightly' ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert status == "succeeded"
