@@ -30,6 +30,7 @@ date only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import typing
@@ -38,6 +39,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pipelines.detect.cluster import add_runner_arguments
 from pipelines.detect.nightly import (
     MAX_BACKFILL_DAYS,
     dates_to_detect,
@@ -98,8 +100,10 @@ def _tasks():
 
     @task(name="detect", task_run_name="detect {day}", retries=1, retry_delay_seconds=10,
           cache_policy=NO_CACHE)  # fmt: skip
-    def detect_task(settings: Settings, day: date, config: dict | None, run_id: str) -> dict:
-        c = detect_day(settings, day, config, run_id)
+    def detect_task(
+        settings: Settings, day: date, config: dict | None, run_id: str, runner: dict | None
+    ) -> dict:
+        c = detect_day(settings, day, config, run_id, runner)
         get_run_logger().info(
             "detect %s: %d transactions, %d detections, %d flags touched (%d new), "
             "%d at-risk cards; by behaviour %s",
@@ -128,6 +132,7 @@ def _nightly_body(
     config: str | None,
     report: bool,
     max_backfill_days: int,
+    runner: dict[str, Any],
 ) -> dict[str, Any]:
     """What the ``nightly`` flow does (kept outside the decorator for readability)."""
     from prefect import get_run_logger
@@ -170,9 +175,18 @@ def _nightly_body(
                 con.close()
             if len(days) > 1:
                 logger.info("backfilling %d missed nights before %s", len(days) - 1, as_of)
-            counts["detect"] = {
-                str(d): t["detect"](settings, d, cfg, f"{run_id}-detect-{d}") for d in days
-            }
+            with contextlib.ExitStack() as stack:
+                if runner["task_runner"] == "dask" and not runner["dask_address"]:
+                    # one LocalCluster for every night of the run, not one per night
+                    from pipelines.detect.cluster import dask_cluster
+
+                    cluster = stack.enter_context(dask_cluster(None))
+                    runner = {**runner, "dask_address": cluster.address}
+                    logger.info("Dask dashboard: %s", cluster.dashboard)
+                counts["detect"] = {
+                    str(d): t["detect"](settings, d, cfg, f"{run_id}-detect-{d}", runner)
+                    for d in days
+                }
             # 3. report
             if report:
                 counts["report"] = {"path": t["report"](settings, as_of)}
@@ -201,12 +215,25 @@ def _build_nightly_flow():
         config: str | None = None,
         report: bool = True,
         max_backfill_days: int = MAX_BACKFILL_DAYS,
+        task_runner: str = "local",
+        dask_address: str | None = None,
+        spill_dir: str | None = None,
     ) -> dict:
         """Ingest the landing folder, detect (backfilling missed nights), report; record the run.
 
         ``as_of`` defaults to yesterday in the data's time zone (for scheduled runs).
+        ``task_runner="dask"`` runs the per-terminal partitions on the Dask scheduler
+        at ``dask_address`` (default ``$TRIALGUARD_DASK_ADDRESS``, else a LocalCluster).
         """
-        return _nightly_body(as_of, landing, db, config, report, max_backfill_days)
+        from pipelines.detect.cluster import check_task_runner
+        from pipelines.detect.cluster import dask_address as resolve
+
+        runner = {
+            "task_runner": check_task_runner(task_runner),
+            "dask_address": resolve(dask_address),
+            "spill_dir": spill_dir,
+        }
+        return _nightly_body(as_of, landing, db, config, report, max_backfill_days, runner)
 
     fn = nightly
     # Resolve the string annotations (``from __future__ import annotations``) now: a
@@ -252,6 +279,7 @@ def add_nightly_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-backfill-days", type=int, default=MAX_BACKFILL_DAYS,
         help=f"most missed nights detected before --date (default {MAX_BACKFILL_DAYS})",
     )  # fmt: skip
+    add_runner_arguments(parser)
 
 
 def main_nightly(args: argparse.Namespace, settings: Settings) -> int:
@@ -269,6 +297,9 @@ def main_nightly(args: argparse.Namespace, settings: Settings) -> int:
             config=args.config,
             report=not args.no_report,
             max_backfill_days=args.max_backfill_days,
+            task_runner=args.task_runner,
+            dask_address=args.dask_address,
+            spill_dir=args.spill_dir,
         )
     except (RunLockError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -249,18 +249,54 @@ class RssSampler:
         self._thread.join()
 
 
-def _measure(db: str, day: str) -> None:
-    """Child process: one timed run, printed as JSON (time, peak RSS, counts)."""
+def _worker_rss() -> tuple[float, float]:
+    """(peak RSS MiB, CPU s) of a Dask worker process (run on the worker)."""
+    import resource
+
+    from pipelines.detect.run import _rss_mib
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return _rss_mib()[1], r.ru_utime + r.ru_stime
+
+
+def _measure(db: str, day: str, runner: str = "local", dask_workers: int = 0) -> None:
+    """Child process: one timed run, printed as JSON (time, peak RSS, counts).
+
+    With ``runner="dask"`` a LocalCluster of ``dask_workers`` workers and Prefect's
+    temporary API are started (and the workers' imports done) before the clock
+    starts, as on a cluster that stays up between nights.
+    """
+    import contextlib
     import resource
 
     from pipelines.detect.fanout import run_workers
     from pipelines.detect.run import _rss_mib, run_detection
     from pipelines.settings import Settings
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    with RssSampler() as sampler:
-        res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    dask: dict = {}
+    with contextlib.ExitStack() as stack:
+        kw: dict = {}
+        client = None
+        if runner == "dask":
+            from distributed import Client
+
+            from pipelines.detect.cluster import dask_cluster
+
+            cluster = stack.enter_context(dask_cluster(None, workers=dask_workers or None))
+            client = stack.enter_context(Client(cluster.address, set_as_default=False))
+            client.run(__import__, "pipelines.detect.remote")
+            client.run(__import__, "prefect.task_engine")
+            kw = {"task_runner": "dask", "dask_address": cluster.address}
+            dask = {"workers": cluster.workers, "threads": cluster.threads}
+            before = client.run(_worker_rss)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with RssSampler() as sampler:
+            res = run_detection(Settings(db_path=Path(db)), date.fromisoformat(day), **kw)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if client is not None:
+            after = client.run(_worker_rss)
+            dask["worker_peak_rss_mib"] = {k: round(v[0]) for k, v in after.items()}
+            dask["workers_cpu_s"] = round(sum(after[k][1] - before[k][1] for k in after), 2)
     # This process's own peak (VmHWM). Not ru_maxrss: Linux carries the parent's
     # ru_maxrss over fork + exec, so it reported the generator's peak (issue 4: "7.2 GiB").
     rss = _rss_mib()[1]
@@ -282,14 +318,24 @@ def _measure(db: str, day: str) -> None:
         "counts": res.counts,
         "sampled_peak_rss_mib": {k: round(v) for k, v in sampler.peaks.items()},
         "sampled_peak_where": sampler.where,
+        "runner": runner,
+        "dask": dask,
     }
+    if dask:
+        out["cpu_s"] = cpu + dask["workers_cpu_s"]
+        out["workers_cpu_s"] = dask["workers_cpu_s"]
+        out["workers"] = dask["workers"]
+        out["worker_peak_rss_mib"] = max(dask["worker_peak_rss_mib"].values())
     print(json.dumps(out, default=str))
 
 
-def _child(db: Path, day: date) -> dict:
+def _child(db: Path, day: date, runner: str = "local", dask_workers: int = 0) -> dict:
     env = {**os.environ, "POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", "2")}
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
+    cmd = [sys.executable, "-m", "pipelines.bench.run", "--_measure", str(db), day.isoformat()]
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.bench.run", "--_measure", str(db), day.isoformat()],
+        [*cmd, runner, str(dask_workers)],
         capture_output=True,
         text=True,
         check=True,
@@ -311,6 +357,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows a day for the day-5 vs day-60 comparison (default rows / 20)",
     )
     parser.add_argument("--skip-history", action="store_true", help="only the one-day run")
+    parser.add_argument(
+        "--task-runner",
+        nargs="+",
+        choices=("local", "dask"),
+        default=["local"],
+        help="runners of the one-day run, measured in turn on the same store "
+        "(e.g. --task-runner local dask)",
+    )
+    parser.add_argument(
+        "--dask-workers",
+        default="",
+        help="worker counts of the dask runner's LocalCluster, e.g. 1,2 for the scaling "
+        "ratio (default one per core)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for the benchmark databases")
     parser.add_argument(
         "--keep", action="store_true", help="keep the databases of a temporary workdir"
@@ -328,9 +388,41 @@ def run(args: argparse.Namespace, settings) -> int:
     db = work / "one_day.duckdb"
     day = build_db(db, n, terminals, 1)
     report["generate_s"] = round(time.perf_counter() - t0, 1)
-    one = _child(db, day)
+    runs = [("local", 0)] if "local" in args.task_runner else []
+    if "dask" in args.task_runner:
+        counts = [int(x) for x in str(args.dask_workers).split(",") if x.strip()] or [0]
+        runs += [("dask", w) for w in counts]
+    results = {}
+    for runner, workers in runs:
+        one = _child(db, day, runner, workers)
+        label = runner if runner == "local" else f"dask-{one['workers']}w"
+        results[label] = one
+        _print_one(report, label, one, n, terminals)
+    if len(results) > 1:
+        base = next(iter(results))
+        report["ratios_vs_" + base] = {
+            k: round(v["wall_s"] / results[base]["wall_s"], 2) for k, v in results.items()
+        }
+        print(
+            "wall / "
+            + base
+            + ": "
+            + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios_vs_" + base].items())
+        )
+        flags = {k: v["counts"]["by_behaviour"] for k, v in results.items()}
+        same = all(f == flags[base] for f in flags.values())
+        print("detections by behaviour identical across runners: " + ("yes" if same else "NO"))
+    if not args.skip_history:
+        _history(args, report, n)
+    print(json.dumps(report))
+    if args.workdir is None and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)  # ~0.7 GB a million rows
+    return 0
+
+
+def _print_one(report: dict, label: str, one: dict, n: int, terminals: int) -> None:
     stages = {k: v for k, v in one["counts"].items() if k.endswith("_s") and k != "duration_s"}
-    report["one_day"] = {
+    report.setdefault("one_day", {})[label] = {
         "wall_s": round(one["wall_s"], 2),
         "cpu_s": round(one["cpu_s"], 2),
         "peak_rss_mib": round(one["peak_rss_mib"]),
@@ -342,9 +434,10 @@ def run(args: argparse.Namespace, settings) -> int:
         "sampled_peak_where": one["sampled_peak_where"],
         "rows_per_s": round(n / one["wall_s"]),
         "stages_s": stages,
+        "dask": one.get("dask", {}),
     }
     print(
-        f"one day: {n:,} transactions over {terminals:,} terminals: "
+        f"one day [{label}]: {n:,} transactions over {terminals:,} terminals: "
         f"{one['wall_s']:.1f} s ({one['cpu_s']:.1f} s CPU, of which "
         f"{one['workers_cpu_s']:.1f} s in {one['workers']} worker processes), "
         f"peak RSS {one['peak_rss_mib']:.0f} MiB (+ {one['worker_peak_rss_mib']:.0f} MiB "
@@ -357,38 +450,41 @@ def run(args: argparse.Namespace, settings) -> int:
         + ", ".join(f"{k} {v} MiB" for k, v in one["sampled_peak_rss_mib"].items())
     )
     print("  highest sample in: " + " > ".join(one["sampled_peak_where"]))
-    if not args.skip_history:
-        hn = int(args.history_rows or max(n // 20, 1000))
-        ht = max(hn // 50, 100)
-        times = {}
-        for days in (5, 60):
-            hdb = work / f"day{days}.duckdb"
-            last = build_db(hdb, hn, ht, days)
-            res = _child(hdb, last)
-            times[days] = res["wall_s"]
-            stages = {
-                k: v for k, v in res["counts"].items() if k.endswith("_s") and k != "duration_s"
-            }
-            print(
-                f"day {days}: {hn:,} transactions a day over {ht:,} terminals: "
-                f"{times[days]:.2f} s ({res['cpu_s']:.1f} s CPU; "
-                + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in stages.items())
-                + ")"
-            )
-        report["history"] = {
-            "rows_per_day": hn,
-            "terminals": ht,
-            "day5_s": round(times[5], 2),
-            "day60_s": round(times[60], 2),
-            "ratio": round(times[60] / times[5], 2),
-        }
-        print(f"day-60 / day-5 cost: {times[60] / times[5]:.2f} (target <= 1.3)")
-    print(json.dumps(report))
+    if one.get("dask"):
+        print(f"  dask workers' peak RSS (MiB): {one['dask']['worker_peak_rss_mib']}")
+
+
+def _history(args: argparse.Namespace, report: dict, n: int) -> None:
+    work = Path(args.workdir) if args.workdir else None
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="tg-bench-hist-"))
+    hn = int(args.history_rows or max(n // 20, 1000))
+    ht = max(hn // 50, 100)
+    times = {}
+    for days in (5, 60):
+        hdb = work / f"day{days}.duckdb"
+        last = build_db(hdb, hn, ht, days)
+        res = _child(hdb, last)
+        times[days] = res["wall_s"]
+        stages = {k: v for k, v in res["counts"].items() if k.endswith("_s") and k != "duration_s"}
+        print(
+            f"day {days}: {hn:,} transactions a day over {ht:,} terminals: "
+            f"{times[days]:.2f} s ({res['cpu_s']:.1f} s CPU; "
+            + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in stages.items())
+            + ")"
+        )
+    report["history"] = {
+        "rows_per_day": hn,
+        "terminals": ht,
+        "day5_s": round(times[5], 2),
+        "day60_s": round(times[60], 2),
+        "ratio": round(times[60] / times[5], 2),
+    }
+    print(f"day-60 / day-5 cost: {times[60] / times[5]:.2f} (target <= 1.3)")
     if args.workdir is None and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)  # ~0.7 GB a million rows
-    return 0
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - the child process of _child
-    if len(sys.argv) == 4 and sys.argv[1] == "--_measure":
-        _measure(sys.argv[2], sys.argv[3])
+    if len(sys.argv) in (4, 6) and sys.argv[1] == "--_measure":
+        _measure(sys.argv[2], sys.argv[3], *sys.argv[4:5], *map(int, sys.argv[5:6]))

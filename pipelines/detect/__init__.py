@@ -7,6 +7,9 @@
 - ``spill``      a big day written once in terminal partitions (Arrow IPC)
 - ``fanout``     the spilled partitions processed by worker processes (local runner)
 - ``write``      flags, at_risk_cards, terminal_day and runs rows
+- ``cluster``    ``--task-runner dask``: the partitions as Prefect tasks on a Dask cluster
+- ``remote``     what a Dask worker runs on one partition folder (light, like partition)
+- ``nightly``    run bookkeeping of the nightly flow and the nights it must detect
 - ``partition``  the per-terminal work of one partition (features + rules + anomaly
                  model); the only module a worker process imports, so it stays light
                  (no DuckDB, Prefect, scikit-learn or pandas; tested)
@@ -22,5 +25,17 @@ or ``cli``. This package's ``__init__`` imports nothing, so a worker that import
 from pipelines import lazy_exports
 
 __getattr__ = lazy_exports(
-    __name__, ("run", "store", "spill", "fanout", "write", "partition", "leakage")
+    __name__,
+    (
+        "run",
+        "store",
+        "spill",
+        "fanout",
+        "write",
+        "cluster",
+        "remote",
+        "nightly",
+        "partition",
+        "leakage",
+    ),
 )

@@ -72,10 +72,22 @@ def _detect_partitioned(
     lookback: int,
     inputs: tuple,
     timings: dict[str, float],
+    cluster=None,
+    spill_dir: str | Path | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, int, set[str]]:
-    """The per-terminal step of a big day: one read, ``parts`` partitions, worker processes."""
+    """The per-terminal step of a big day: one read, ``parts`` partitions, workers.
+
+    The workers are local processes (:func:`run_workers`), or the Dask cluster
+    ``cluster`` (:class:`pipelines.detect.cluster.DaskCluster`): then each partition's
+    side inputs are written into its folder, every partition is a Prefect task on
+    the cluster and comes back as Arrow bytes (:mod:`pipelines.detect.remote`).
+    ``spill_dir`` (default beside the store) must be readable by every worker.
+    """
     registry, pol, config, implausible, history, telemetry = inputs
-    with tempfile.TemporaryDirectory(prefix=".tg-run-", dir=_spill_dir(settings)) as tmp:
+    root = str(spill_dir) if spill_dir is not None else _spill_dir(settings)
+    if root is not None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tg-run-", dir=root) as tmp:
         t = time.perf_counter()
         paths = spill_day_transactions(con, as_of, Path(tmp) / "day", parts, lookback)
         paths = [p for p in paths if any(p.glob("*.arrow"))]  # skip empty partitions
@@ -99,7 +111,11 @@ def _detect_partitioned(
             )
 
         workers = min(run_workers(), len(paths))
-        if workers > 1:
+        if cluster is not None:
+            from pipelines.detect.cluster import detect_on_cluster
+
+            results = detect_on_cluster(cluster, as_of, paths, pol, config, args)
+        elif workers > 1:
             ctx = multiprocessing.get_context("spawn")
             # each worker gets its share of the cores for polars (read when it starts):
             # two workers with every core each oversubscribed the machine

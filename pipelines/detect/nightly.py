@@ -111,11 +111,21 @@ def dates_to_detect(
     return [last_success + timedelta(days=i) for i in range(1, gap + 1)]
 
 
-def detect_day(settings: Settings, day: date, config: dict | None, run_id: str) -> dict[str, Any]:
-    """Detect one night and persist its flags; return the detection counts."""
+def detect_day(
+    settings: Settings,
+    day: date,
+    config: dict | None,
+    run_id: str,
+    runner: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Detect one night and persist its flags; return the detection counts.
+
+    ``runner``: ``task_runner``, ``dask_address``, ``spill_dir`` of
+    :func:`pipelines.detect.run.run_detection` (default the local runner).
+    """
     from pipelines.detect.run import run_detection
 
-    result = run_detection(settings, day, config=config, run_id=run_id)
+    result = run_detection(settings, day, config=config, run_id=run_id, **(runner or {}))
     return _as_int_counts(dict(getattr(result, "counts", {}) or {}))
 
 

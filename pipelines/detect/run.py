@@ -19,6 +19,7 @@ of earlier days of the same :func:`run_range` are kept in memory instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -151,6 +153,8 @@ def _run_one(
     persist: bool,
     run_id: str | None,
     memory: _Memory | None,
+    cluster=None,
+    spill_dir: str | Path | None = None,
 ) -> DetectionResult:
     t0 = time.perf_counter()
     started = datetime.now()
@@ -184,7 +188,10 @@ def _run_one(
         ).fetchall()[0][0]
         # with several workers each holds one partition: smaller ones keep the rows
         # in flight (and so the process tree's memory) about the same
-        parts = max(1, -(-int(n_day) // (PARTITION_ROWS // run_workers())))
+        if cluster is not None:  # Dask: partitions follow the cluster's threads and the volume
+            parts = cluster.partitions(int(n_day), PARTITION_ROWS)
+        else:
+            parts = max(1, -(-int(n_day) // (PARTITION_ROWS // run_workers())))
         registry = read_registry(con, as_of)
         telemetry = read_telemetry(con, as_of, registry, config)
         implausible = read_implausible(con, as_of, config)
@@ -206,7 +213,7 @@ def _run_one(
         # the partition, not the day.
         pol = policy_frame(policies, config["default_policy"])
         lookback = int(config["cash_out"]["refund_lookback_days"])
-        if parts == 1:
+        if parts == 1 and (cluster is None or n_day == 0):
             t = time.perf_counter()
             txns = read_day_transactions(con, as_of, lookback)
             timings["read_s"] += time.perf_counter() - t
@@ -225,6 +232,8 @@ def _run_one(
                 lookback,
                 (registry, pol, config, implausible, history, telemetry),
                 timings,
+                cluster=cluster,
+                spill_dir=spill_dir,
             )
         mark("per_terminal")
 
@@ -344,6 +353,9 @@ def run_detection(
     policies_override: dict | None = None,
     persist: bool = True,
     run_id: str | None = None,
+    task_runner: str = "local",
+    dask_address: str | None = None,
+    spill_dir: str | Path | None = None,
 ) -> DetectionResult:
     """Detect behaviours on local day ``as_of`` and (unless ``persist=False``) write flags.
 
@@ -363,6 +375,15 @@ def run_detection(
         ``False`` writes nothing at all: no flags, no aggregates, no ``runs`` row.
     run_id : str or None
         Id recorded with the run and written into touched flags.
+    task_runner : {"local", "dask"}
+        Where the per-terminal partitions run: worker processes of this machine, or
+        a Dask cluster through prefect-dask (:mod:`pipelines.detect.cluster`).
+    dask_address : str or None
+        Scheduler of the Dask cluster (default ``$TRIALGUARD_DASK_ADDRESS``; none
+        starts a LocalCluster sized to the machine).
+    spill_dir : path or None
+        Where the day's partitions are spilled (default beside the store); with a
+        real cluster, a path every worker can read.
 
     Returns
     -------
@@ -377,6 +398,9 @@ def run_detection(
         policies_override=policies_override,
         persist=persist,
         run_id=run_id,
+        task_runner=task_runner,
+        dask_address=dask_address,
+        spill_dir=spill_dir,
     )[0]
 
 
@@ -391,23 +415,35 @@ def run_range(
     persist: bool = True,
     run_id: str | None = None,
     progress=None,
+    task_runner: str = "local",
+    dask_address: str | None = None,
+    spill_dir: str | Path | None = None,
 ) -> list[DetectionResult]:
     """:func:`run_detection` for every day from ``start`` to ``end`` (inclusive), in date order.
 
     With ``persist=False`` the days see each other's aggregates and flags in
     memory, exactly as if they had been written. ``progress`` (optional) is
-    called with each :class:`DetectionResult`.
+    called with each :class:`DetectionResult`. ``task_runner``, ``dask_address``
+    and ``spill_dir`` as in :func:`run_detection`; a Dask cluster is connected to
+    (or started) once for the whole range.
     """
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}; give the earlier date first")
     from pipelines.storage import connect
 
     config = load_config() if config is None else config
+    from pipelines.detect.cluster import check_task_runner
+    from pipelines.detect.cluster import dask_address as resolve_address
+
+    task_runner = check_task_runner(task_runner)
+    address = resolve_address(dask_address)
+    spill_dir = spill_dir or os.environ.get("TRIALGUARD_SPILL_DIR") or None
     own = con is None
     if own:
         con = connect(settings.db_path, read_only=not persist)
     memory = None if persist else _Memory()
     results = []
+    stack = contextlib.ExitStack()
     previous_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     try:
         # DuckDB keeps the blocks it scanned cached up to its limit (80% of RAM by
@@ -415,6 +451,11 @@ def run_range(
         # run's limit it evicts them, or spills work to its temp directory.
         con.execute(f"SET memory_limit = '{run_memory_limit()}'")
         n = (end - start).days + 1
+        cluster = None
+        if task_runner == "dask":
+            from pipelines.detect.cluster import dask_cluster
+
+            cluster = stack.enter_context(dask_cluster(address))
         for i in range(n):
             day = start + timedelta(days=i)
             rid = None if run_id is None else (run_id if n == 1 else f"{run_id}-{day.isoformat()}")
@@ -427,11 +468,14 @@ def run_range(
                 persist=persist,
                 run_id=rid,
                 memory=memory,
+                cluster=cluster,
+                spill_dir=spill_dir,
             )
             results.append(res)
             if progress is not None:
                 progress(res)
     finally:
+        stack.close()
         if own:
             con.close()
         else:
@@ -473,6 +517,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="TOML file overriding models/thresholds.toml key by key (a candidate config)",
     )
+    from pipelines.detect.cluster import add_runner_arguments
+
+    add_runner_arguments(parser)
 
 
 def main(args: argparse.Namespace, settings) -> int:
@@ -521,6 +568,21 @@ def main(args: argparse.Namespace, settings) -> int:
                 f"{c['flags']} flags ({c['duration_s']:.1f} s)"
             )
 
-        run_range(settings, start, end, config=config, progress=progress)
+        try:
+            run_range(
+                settings,
+                start,
+                end,
+                config=config,
+                progress=progress,
+                task_runner=args.task_runner,
+                dask_address=args.dask_address,
+                spill_dir=args.spill_dir,
+            )
+        except (ValueError, RuntimeError) as exc:
+            if "Dask" not in str(exc) and "task runner" not in str(exc):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print_summary("run", {**total, **{f"  {b}": n for b, n in sorted(by_behaviour.items())}})
     return 0
