@@ -65,7 +65,7 @@ def store(tmp_path):
 
 
 def test_separators_are_removed_before_the_hmac_in_every_table(store):
-    db, report, pans, _ = store
+    db, _report, pans, _ = store
     con = duckdb.connect(str(db), read_only=True)
     tokens = dict(con.execute("SELECT txn_id, card_token FROM transactions").fetchall())
     fraud = dict(con.execute("SELECT report_id, card_token FROM fraud_reports").fetchall())
