@@ -20,7 +20,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -164,3 +164,16 @@ def print_summary(
     for key, value in rows.items():
         table.add_row(str(key), f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
+
+
+def as_json_counts(obj: Any) -> Any:
+    """Counts as plain JSON values (numpy/polars integers become int)."""
+    if isinstance(obj, dict):
+        return {str(k): as_json_counts(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_json_counts(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pipelines.progress import as_json_counts
 from pipelines.settings import Settings
 from pipelines.version import code_version
 
@@ -36,19 +37,6 @@ def policy_version_of(con) -> str:
 
     policies = load_policies(con)
     return policy_version(policies) if policies else "none"
-
-
-def _as_int_counts(obj: Any) -> Any:
-    """Counts as plain JSON values (numpy/polars integers become int)."""
-    if isinstance(obj, dict):
-        return {str(k): _as_int_counts(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_as_int_counts(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def last_detected_date(con) -> date | None:
@@ -126,7 +114,7 @@ def detect_day(
     from pipelines.detect.run import run_detection
 
     result = run_detection(settings, day, config=config, run_id=run_id, **(runner or {}))
-    return _as_int_counts(dict(getattr(result, "counts", {}) or {}))
+    return as_json_counts(dict(getattr(result, "counts", {}) or {}))
 
 
 def start_run(
@@ -187,7 +175,7 @@ def finish_run(
                 status,
                 json.dumps(list(inputs or []), default=str),
                 policy_version_of(con),
-                json.dumps(_as_int_counts(row_counts), default=str),
+                json.dumps(as_json_counts(row_counts), default=str),
                 round(duration_s, 3),
                 message[:2000],
                 run_id,

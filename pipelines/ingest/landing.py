@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from pipelines.progress import as_json_counts
 from pipelines.settings import Settings
 
 _HASH_CHUNK = 1 << 20
@@ -50,19 +51,6 @@ def known_file_ids(con) -> set[str]:
     return {r[0] for r in con.execute("SELECT DISTINCT file_id FROM ingest_manifest").fetchall()}
 
 
-def _as_int_counts(obj: Any) -> Any:
-    """Counts as plain JSON values (numpy/polars integers become int)."""
-    if isinstance(obj, dict):
-        return {str(k): _as_int_counts(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_as_int_counts(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _report_counts(report: Any) -> dict[str, Any]:
     """Numbers of an ``IngestReport`` (whatever its exact shape) as a JSON-ready dict."""
     if report is None:
@@ -71,14 +59,14 @@ def _report_counts(report: Any) -> dict[str, Any]:
         value = getattr(report, attr, None)
         value = value() if callable(value) else value
         if isinstance(value, dict):
-            return _as_int_counts(value)
+            return as_json_counts(value)
     if hasattr(report, "__dataclass_fields__"):
         out = {}
         for name in report.__dataclass_fields__:
             value = getattr(report, name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[name] = value
-        return _as_int_counts(out)
+        return as_json_counts(out)
     return {}
 
 
